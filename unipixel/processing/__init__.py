@@ -1,0 +1,1 @@
+"""Turning media and visual prompts into model inputs."""

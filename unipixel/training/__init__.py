@@ -1,0 +1,1 @@
+"""Our own recipe for the small bundled UniPixel: data, training and evaluation."""
