@@ -75,11 +75,14 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 def build_model(
     config: UniPixelConfig, sam2_yaml: Path | None = None, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"
 ) -> UniPixelForConditionalGeneration:
-    """An uninitialised model (weights to be loaded) in ``dtype``; SAM 2's fp32-only buffers stay float32."""
+    """An uninitialised model (weights to be loaded) with parameters in ``dtype``.
+
+    Built under ``dtype`` as the default, like transformers does: buffers that must stay float32 (rotary
+    frequencies, SAM 2's RoPE tables) are created with an explicit float32 dtype and are unaffected.
+    """
     config._attn_implementation = attn_implementation
     with no_init_weights(), _default_dtype(dtype):
         model = UniPixelForConditionalGeneration(config, sam2_yaml=sam2_yaml)
-    model.sam2.to_dtype(dtype)
     return model.eval()
 
 
@@ -139,7 +142,6 @@ def load_weights(model: UniPixelForConditionalGeneration, checkpoint: Path) -> N
             f"({', '.join(sorted(missing)[:5])}), {len(unexpected)} unexpected ({', '.join(unexpected[:5])})"
         )
     model.tie_weights()
-    model.sam2.refresh_float32_buffers()
 
 
 def reference_generation_config(config: UniPixelConfig, checkpoint: Path | None = None) -> GenerationConfig:

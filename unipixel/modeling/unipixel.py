@@ -26,7 +26,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRMSNorm
 from ..configuration import UniPixelConfig
 from .positions import mrope_position_ids
 from .prompt_encoder import TemporalPositionEncoding, pool_mask_tokens
-from .sam2 import FrameFeatures, UniPixelSAM2, build_sam2, use_float32_fourier_features
+from .sam2 import FrameFeatures, TrackResult, UniPixelSAM2, adapt_prompt_encoder, build_sam2
 
 PREFILL_ONLY_INPUTS = (
     "pixel_values",
@@ -39,6 +39,17 @@ PREFILL_ONLY_INPUTS = (
 
 
 @dataclass
+class Segmentation:
+    """SAM 2's answer for n ``<|seg|>`` tokens: bool masks ``(T, H, W)``, per-frame scores, the prompt tokens
+    ``(n, k, C)`` that produced them (reusable for dense tracking) and the tracker states (for refinement)."""
+
+    masks: list[torch.Tensor]
+    scores: list[dict[str, torch.Tensor]]
+    prompts: torch.Tensor
+    track: TrackResult
+
+
+@dataclass
 class UniPixelOutput(ModelOutput):
     """Logits plus one boolean mask ``(T, H, W)`` per ``<|seg|>`` of the input, with SAM 2's confidences."""
 
@@ -46,15 +57,15 @@ class UniPixelOutput(ModelOutput):
     logits: torch.Tensor | None = None
     cache: Any = None
     masks: list[torch.Tensor] | None = None
-    mask_scores: list[dict[str, torch.Tensor]] | None = None
+    segmentation: Segmentation | None = None
 
 
 @dataclass
 class UniPixelGenerateOutput(GenerateDecoderOnlyOutput):
-    """``generate`` output with the masks of every ``<|seg|>`` in ``sequences`` (prompt ones first)."""
+    """``generate`` output with the masks of the ``<|seg|>`` tokens in ``sequences`` (prompt ones first)."""
 
     masks: list[torch.Tensor] | None = None
-    mask_scores: list[dict[str, torch.Tensor]] | None = None
+    segmentation: Segmentation | None = None
 
 
 class UniPixelForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
@@ -85,7 +96,7 @@ class UniPixelForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         self.ref_encoder = PromptEncoder(
             embed_dim=c_sam, image_embedding_size=(grid, grid), input_image_size=(size, size), mask_in_chans=16
         )
-        use_float32_fourier_features(self.ref_encoder)
+        adapt_prompt_encoder(self.ref_encoder)
         self.ref_proj_single = nn.Linear(c_sam * 2, c_sam * 3)
         self.ref_proj_double = nn.Linear(c_sam * 3, c_sam * 3)
         self.tem_pe = TemporalPositionEncoding(c_sam // 2)
@@ -204,25 +215,25 @@ class UniPixelForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         hidden_states: torch.Tensor,
         frames: torch.Tensor | FrameFeatures,
         frame_size: Sequence[int],
-    ) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-        """Masks for pre-norm hidden states ``(n, D)`` that predict ``<|seg|>``: ``n`` bool tensors ``(T, H, W)``.
+    ) -> Segmentation:
+        """Masks for pre-norm hidden states ``(n, D)`` that predict ``<|seg|>`` (spec §2).
 
         ``frames`` are SAM 2 inputs ``(T, 3, S, S)`` or features already encoded by ``sam2.encode_frames``
-        (a chat session keeps them between turns). Scores hold SAM 2's per-frame predicted IoU and
-        object-presence logit, which the UI turns into a confidence.
+        (a chat session keeps them between turns).
         """
-        if hidden_states.shape[0] == 0:
-            return [], []
-        prompts = self.seg_head(hidden_states).view(hidden_states.shape[0], self.config.sam2_hidden_tokens, -1)
+        prompts = self.seg_head(hidden_states).view(hidden_states.shape[0], self.config.sam2_hidden_tokens, self.sam2.hidden_dim)
         features = frames if isinstance(frames, FrameFeatures) else self.sam2.encode_frames(frames.to(self.device))
         size = tuple(int(v) for v in (frame_size.tolist() if torch.is_tensor(frame_size) else frame_size))
-        result = self.sam2.track(features, size, prompts, batch_mode=self.config.sam2_batch_mode)
-        masks = [(logits > 0).cpu() for logits in result.mask_logits]
-        scores = [
-            {"iou": iou.float().cpu(), "object_score": score.float().cpu()}
-            for iou, score in zip(result.iou, result.object_score)
-        ]
-        return masks, scores
+        track = self.sam2.track(features, size, prompts, batch_mode=self.config.sam2_batch_mode)
+        return Segmentation(
+            masks=[(logits > 0).cpu() for logits in track.logits],
+            scores=[
+                {"iou": iou.float().cpu(), "object_score": score.float().cpu()}
+                for iou, score in zip(track.iou, track.object_score)
+            ],
+            prompts=prompts,
+            track=track,
+        )
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -293,12 +304,18 @@ class UniPixelForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
 
-        masks = scores = None
+        segmentation = None
         if frames is not None and self.config.sam2_enable_decoder and input_ids is not None:
             frames, frame_size = _unwrap_single(frames), _unwrap_single(frame_size)
             positions = seg_prompt_positions(input_ids[0], self.config.seg_token_id)
-            masks, scores = self.segment(pre_norm[0][0, positions], frames, frame_size)
-        output = UniPixelOutput(loss=loss, logits=logits, cache=outputs.cache, masks=masks, mask_scores=scores)
+            segmentation = self.segment(pre_norm[0][0, positions], frames, frame_size)
+        output = UniPixelOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            masks=segmentation.masks if segmentation else None,
+            segmentation=segmentation,
+        )
         if return_pre_norm_states:
             output["pre_norm_states"] = pre_norm[0]
         return output
@@ -322,12 +339,15 @@ class UniPixelForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         return super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
 
     @torch.no_grad()
-    def generate(self, *args: Any, frames: Any = None, frame_size: Any = None, **kwargs: Any) -> Any:
+    def generate(
+        self, *args: Any, frames: Any = None, frame_size: Any = None, prompt_masks: bool = True, **kwargs: Any
+    ) -> Any:
         """``GenerationMixin.generate``; with ``frames`` also the masks of every ``<|seg|>`` in the sequence.
 
         The pre-norm hidden state of each processed position is captured during decoding (locally, no model
         state), so a generated ``<|seg|>`` gets its mask from the same state the reference used: the one at
-        the position that predicted it. Returns :class:`UniPixelGenerateOutput` when ``frames`` is given.
+        the position that predicted it. Returns :class:`UniPixelGenerateOutput` when ``frames`` is given;
+        ``prompt_masks=False`` skips the ``<|seg|>`` tokens already in the prompt (earlier turns).
         """
         if frames is None:
             return super().generate(*args, **kwargs)
@@ -340,10 +360,12 @@ class UniPixelForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         finally:
             hook.remove()
         hidden = torch.cat(states, dim=0)
+        prompt_length = kwargs["input_ids"].shape[1] if "input_ids" in kwargs else args[0].shape[1]
         positions = seg_prompt_positions(out.sequences[0], self.config.seg_token_id)
-        positions = positions[positions < hidden.shape[0]]
-        masks, scores = self.segment(hidden[positions], frames, frame_size)
-        return UniPixelGenerateOutput(**{**out, "masks": masks, "mask_scores": scores})
+        first = 0 if prompt_masks else prompt_length - 1
+        positions = positions[(positions >= first) & (positions < hidden.shape[0])]
+        segmentation = self.segment(hidden[positions], frames, frame_size)
+        return UniPixelGenerateOutput(**{**out, "masks": segmentation.masks, "segmentation": segmentation})
 
 
 def seg_prompt_positions(ids: torch.Tensor, seg_token_id: int) -> torch.Tensor:
