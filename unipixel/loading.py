@@ -101,18 +101,20 @@ def _checkpoint_tensors(checkpoint: Path) -> Iterator[tuple[str, torch.Tensor]]:
                 yield key, handle.get_tensor(key)
 
 
+def _rename(key: str, mapping: dict[str, str]) -> str:
+    for pattern, replacement in mapping.items():
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
 def to_memory_key(saved_key: str) -> str:
     """Map a released-checkpoint tensor name to our module's name."""
-    for pattern, replacement in UniPixelForConditionalGeneration.checkpoint_key_mapping.items():
-        saved_key = re.sub(pattern, replacement, saved_key)
-    return saved_key
+    return _rename(saved_key, UniPixelForConditionalGeneration.checkpoint_key_mapping)
 
 
 def to_saved_key(memory_key: str) -> str:
     """Inverse of :func:`to_memory_key`: the name the released format uses."""
-    memory_key = re.sub(r"^model\.visual\.", "visual.", memory_key)
-    memory_key = re.sub(r"^model\.language_model\.", "model.", memory_key)
-    return re.sub(r"^(sam2\.memory_encoder\.fuser\.layers\.\d+)\.gamma$", r"\1.weight", memory_key)
+    return _rename(memory_key, UniPixelForConditionalGeneration.saved_key_mapping)
 
 
 def expected_tensors(model: UniPixelForConditionalGeneration) -> dict[str, torch.Tensor]:

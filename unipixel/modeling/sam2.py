@@ -33,11 +33,16 @@ from sam2.modeling.backbones.hieradet import Hiera
 from sam2.modeling.position_encoding import PositionEmbeddingRandom
 from sam2.modeling.sam.prompt_encoder import PromptEncoder
 from sam2.modeling.sam.transformer import RoPEAttention
+import sam2.sam2_video_predictor as stock_video_predictor
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 from torch import Tensor, nn
+from tqdm import tqdm
 
 FRAMES_PER_CHUNK = 16  # trunk + neck batch size of the image encoder (N6)
 WINDOWS_PER_CHUNK = 64  # window-batch size of the Hiera block attention (N6)
+
+# Stock propagation draws a progress bar per object on stderr; ours reports progress through the session.
+stock_video_predictor.tqdm = partial(tqdm, disable=True)
 
 # Checkpoint (reference) name <-> stock name of the CXBlock layer scale (spec §4.3). Only the
 # direct `layers.<i>.weight` matches, never `layers.<i>.dwconv.weight` or other weights of the block.
@@ -47,7 +52,8 @@ STOCK_TO_LEGACY_KEYS: dict[str, str] = {r"\b(memory_encoder\.fuser\.layers\.\d+)
 
 def rename_legacy_sam2_keys(state_dict: Mapping[str, Tensor], to_legacy: bool = False) -> dict[str, Tensor]:
     """Rename checkpoint SAM 2 keys to stock names (or back, for saving in the released layout)."""
-    rules = [(re.compile(pattern), repl) for pattern, repl in (STOCK_TO_LEGACY_KEYS if to_legacy else LEGACY_TO_STOCK_KEYS).items()]
+    mapping = STOCK_TO_LEGACY_KEYS if to_legacy else LEGACY_TO_STOCK_KEYS
+    rules = [(re.compile(pattern), repl) for pattern, repl in mapping.items()]
 
     def rename(key: str) -> str:
         for pattern, repl in rules:
@@ -121,7 +127,7 @@ class FrameFeatures:
     def cache_entry(self, frame_idx: int) -> tuple[Tensor, dict[str, list[Tensor]]]:
         """One frame in the format of the stock predictor's `cached_features`."""
         frame = self.select(frame_idx)
-        return frame.frames, {"backbone_fpn": frame.backbone_fpn, "vision_pos_enc": list(self.vision_pos_enc)}
+        return frame.frames, {"backbone_fpn": frame.backbone_fpn, "vision_pos_enc": self.vision_pos_enc}
 
 
 @dataclass
@@ -190,6 +196,8 @@ class UniPixelSAM2(SAM2VideoPredictor):
     Use `encode_frames` once per video, then `track` for any number of objects and `refine` to
     correct one object with clicks. Each object gets its own stock inference state (independent
     memory, `sam2_batch_mode` false) whose feature cache points into the shared `FrameFeatures`.
+    Calls are not re-entrant (per-call values pass through the instance): serialise them, as the
+    reference does (spec §10.14).
     """
 
     def __init__(self, **kwargs) -> None:
@@ -268,6 +276,8 @@ class UniPixelSAM2(SAM2VideoPredictor):
         frame and are decoded together with the frame's current mask logits on top of the object's
         memory; the frame then becomes a conditioning frame and the video is propagated again.
         """
+        if not clicks:
+            raise ValueError("refine needs at least one click")
         state, local_idx = (states[0], frame_idx) if len(states) == 1 else (states[frame_idx], 0)
         points = torch.tensor([(x, y) for x, y, _ in clicks], dtype=torch.float32)
         labels = torch.tensor([label for _, _, label in clicks], dtype=torch.int32)
@@ -363,7 +373,7 @@ class UniPixelSAM2(SAM2VideoPredictor):
         _, pos = super()._run_memory_encoder(inference_state, *args, **kwargs)
         return self._scratch.pop("maskmem_features").to(inference_state["storage_device"]), pos
 
-    def _append_hidden_tokens(self, encoder: PromptEncoder, args: tuple, outputs: tuple[Tensor, Tensor]) -> tuple:
+    def _append_hidden_tokens(self, encoder: PromptEncoder, args: tuple, outputs: tuple[Tensor, Tensor]) -> tuple | None:
         """Sparse prompt = stock point embeddings followed by the pending hidden tokens (F1)."""
         sparse, dense = outputs
         if self._prompt_hidden is None:

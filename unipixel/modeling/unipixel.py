@@ -26,7 +26,15 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRMSNorm
 from ..configuration import UniPixelConfig
 from .positions import mrope_position_ids
 from .prompt_encoder import TemporalPositionEncoding, pool_mask_tokens
-from .sam2 import FrameFeatures, TrackResult, UniPixelSAM2, adapt_prompt_encoder, build_sam2
+from .sam2 import (
+    LEGACY_TO_STOCK_KEYS,
+    STOCK_TO_LEGACY_KEYS,
+    FrameFeatures,
+    TrackResult,
+    UniPixelSAM2,
+    adapt_prompt_encoder,
+    build_sam2,
+)
 
 PREFILL_ONLY_INPUTS = (
     "pixel_values",
@@ -46,7 +54,7 @@ class Segmentation:
     masks: list[torch.Tensor]
     scores: list[dict[str, torch.Tensor]]
     prompts: torch.Tensor
-    track: TrackResult
+    track: TrackResult | None
 
 
 @dataclass
@@ -76,7 +84,13 @@ class UniPixelForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     checkpoint_key_mapping: dict[str, str] = {
         r"^visual\.": "model.visual.",
         r"^model\.(?!visual\.|language_model\.)": "model.language_model.",
-        r"^(sam2\.memory_encoder\.fuser\.layers\.\d+)\.weight$": r"\1.gamma",
+        **LEGACY_TO_STOCK_KEYS,
+    }
+    #: The inverse, used when saving in the released layout.
+    saved_key_mapping: dict[str, str] = {
+        r"^model\.visual\.": "visual.",
+        r"^model\.language_model\.": "model.",
+        **STOCK_TO_LEGACY_KEYS,
     }
 
     def __init__(self, config: UniPixelConfig, sam2_yaml: str | Path | None = None) -> None:
@@ -218,10 +232,14 @@ class UniPixelForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     ) -> Segmentation:
         """Masks for pre-norm hidden states ``(n, D)`` that predict ``<|seg|>`` (spec §2).
 
-        ``frames`` are SAM 2 inputs ``(T, 3, S, S)`` or features already encoded by ``sam2.encode_frames``
-        (a chat session keeps them between turns).
+        ``frames`` are SAM 2 inputs ``(T, 3, S, S)``, features already encoded by ``sam2.encode_frames`` (a chat
+        session keeps them between turns), or a callable returning either, called only if there is a mask to
+        make (a text-only answer then costs no SAM 2 encoding).
         """
         prompts = self.seg_head(hidden_states).view(hidden_states.shape[0], self.config.sam2_hidden_tokens, self.sam2.hidden_dim)
+        if prompts.shape[0] == 0:
+            return Segmentation([], [], prompts, None)
+        frames = frames() if callable(frames) else frames
         features = frames if isinstance(frames, FrameFeatures) else self.sam2.encode_frames(frames.to(self.device))
         size = tuple(int(v) for v in (frame_size.tolist() if torch.is_tensor(frame_size) else frame_size))
         track = self.sam2.track(features, size, prompts, batch_mode=self.config.sam2_batch_mode)

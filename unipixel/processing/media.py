@@ -41,9 +41,10 @@ MAX_ITER_FRAMES = 18_000
 FRAME_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 """File suffixes (any case) taken as frames when a directory is given as a video."""
 
-VIDEO_CONTAINERS = frozenset(
-    {"mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "gif", "apng", "mpeg", "mpegts", "flv", "ogg", "asf"}
-)
+VIDEO_CONTAINERS = frozenset({
+    "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi",
+    "gif", "apng", "mpeg", "mpegts", "flv", "ogg", "asf",
+})
 """FFmpeg demuxer names accepted for videos; anything else FFmpeg might open is refused."""
 
 ANIMATED_IMAGE_FORMATS = frozenset({"GIF", "PNG", "WEBP"})
@@ -186,9 +187,9 @@ def _probe_image(path: Path) -> _Source | None:
         raise MediaError(f"image too large (more than {MAX_IMAGE_PIXELS} pixels)") from None
     except (OSError, EOFError, SyntaxError) as error:  # what Pillow raises for damaged files
         raise MediaError(f"the image file is damaged ({error})") from None
-    starts_ms = np.concatenate([[0], np.cumsum(durations[:-1])])
+    starts = (np.concatenate([[0], np.cumsum(durations[:-1])]) / 1000).tolist()
     total_s = sum(durations) / 1000
-    return _Source("animated", path, len(durations), (starts_ms / 1000).tolist(), len(durations) / total_s if total_s else None)
+    return _Source("animated", path, len(durations), starts, len(durations) / total_s if total_s else None)
 
 
 def _frame_duration(frame: Image.Image) -> int:
@@ -339,5 +340,5 @@ def _rgb_pair(image: Image.Image) -> tuple[np.ndarray, Image.Image]:
         return np.asarray(rgb), rgb
     rgba = image.convert("RGBA")
     llm = Image.new("RGB", rgba.size, (255, 255, 255))
-    llm.paste(rgba)
+    llm.paste(rgba, mask=rgba.getchannel("A"))
     return np.asarray(rgb), llm

@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as tvF
 
-MERGED_PATCH = 28
-"""LLM pixels per merged vision token side (patch 14 × merge 2): the ``refer_mask`` pooling window."""
+from .vision import FACTOR, PATCH, TEMPORAL_PATCH
 
 REF_TOKEN, SEG_TOKEN, MEM_TOKEN = "<|ref|>", "<|seg|>", "<|mem|>"
 
@@ -138,9 +137,9 @@ def refer_mask(
     Only non-empty (slot, object) pairs are resized: empty ones stay zero, as in the reference.
     """
     grid_t, grid_h, grid_w = (int(v) for v in grid_thw)
-    if grid_t != -(-num_frames // 2):
+    if grid_t != -(-num_frames // TEMPORAL_PATCH):
         raise ValueError(f"grid_t {grid_t} does not match {num_frames} frames")
-    llm_size = [grid_h * 14, grid_w * 14]
+    llm_size = [grid_h * PATCH, grid_w * PATCH]
     out = torch.zeros(grid_t, len(objects), grid_h // 2, grid_w // 2, dtype=torch.bool)
     slots = []
     for o, masks in enumerate(objects):
@@ -150,11 +149,11 @@ def refer_mask(
             mask = np.asarray(prompt.mask, dtype=bool)
             if mask.ndim != 2:
                 raise ValueError(f"a mask must be (H, W), got shape {mask.shape}")
-            slot = prompt.frame // 2
+            slot = prompt.frame // TEMPORAL_PATCH
             paired[slot] = paired[slot] | mask if slot in paired else mask
         for slot, mask in paired.items():
             resized = tvF.resize(torch.from_numpy(mask).float()[None, None], llm_size, antialias=True)
-            out[slot, o] = F.max_pool2d(resized, MERGED_PATCH, MERGED_PATCH)[0, 0] > 0
+            out[slot, o] = F.max_pool2d(resized, FACTOR, FACTOR)[0, 0] > 0
         slots.append([slot for slot in range(grid_t) if out[slot, o].any()])
         if not slots[-1]:
             raise ValueError(f"the mask of object {o} is empty")
@@ -206,9 +205,13 @@ def encode_visual_prompts(
     image_size: int,
     is_image: bool,
 ) -> VisualPromptInputs:
-    """Object ``i`` of ``objects`` gets id ``i``: masks go to the ``<|mem|>`` prefix and ``refer_mask``;
-    points/boxes get a ``mentions[i] = "[i] <|ref|>"`` to write into the question, **in ascending id
-    order** (the order of ``ref``); later mentions of any object are plain ``[i]``."""
+    """Turn one visual prompt per object (object ``i`` gets id ``[i]``) into prompt text and model inputs.
+
+    Masks (one ``MaskPrompt`` or several frames' worth) go to ``prefix`` (place it before the question)
+    and ``refer_mask``. Each point/box gets ``mentions[i] = "[i] <|ref|>"`` to write into the question
+    at that object's first mention, **in ascending id order** (the order of ``ref``); later mentions of
+    any object are plain ``[i]``. ``grid_thw`` comes from ``vision.video_grid_thw``.
+    """
     masks = {i: [o] if isinstance(o, MaskPrompt) else list(o) for i, o in enumerate(objects) if not _is_ref(o)}
     refs = {i: o for i, o in enumerate(objects) if _is_ref(o)}
     inputs = VisualPromptInputs(mentions={i: ref_mention(i) for i in refs})

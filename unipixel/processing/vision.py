@@ -22,8 +22,11 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageP
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 from transformers.video_utils import VideoMetadata
 
-FACTOR = 28
-"""Frame sides are multiples of this (patch size 14 × spatial merge 2)."""
+PATCH = 14
+"""Vision patch side in LLM-frame pixels; the grid is ``(t, H'/14, W'/14)``."""
+
+FACTOR = 2 * PATCH
+"""Frame sides are multiples of this: one merged (2×2 patches) LLM token."""
 
 TEMPORAL_PATCH = 2
 """Frames per temporal slot; odd frame lists are padded by repeating the last frame."""
@@ -84,7 +87,7 @@ def llm_frame_size(height: int, width: int, num_frames: int, sample_frames: int 
 def video_grid_thw(height: int, width: int, num_frames: int, sample_frames: int = 16) -> tuple[int, int, int]:
     """``(t, H'/14, W'/14)``: the grid the processor will report, known before running it."""
     h, w = llm_frame_size(height, width, num_frames, sample_frames)
-    return -(-num_frames // TEMPORAL_PATCH), h // 14, w // 14
+    return -(-num_frames // TEMPORAL_PATCH), h // PATCH, w // PATCH
 
 
 def prepare_llm_frames(llm_frames: Sequence[Image.Image], sample_frames: int = 16) -> list[Image.Image]:

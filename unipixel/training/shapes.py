@@ -9,6 +9,8 @@ Every task renders text with the prompt formats the released UniPixel was traine
 referring / reasoning segmentation (`<|seg|>`), region understanding from mask prompts (`<|mem|>` prefix,
 §6.3 training format), region captioning and ID-based segmentation from point/box prompts (`[id] <|ref|>`,
 §6.4), PixelQA (§6.5) and short multi-turn chats. Everything is deterministic from (seed, index).
+One deliberate extension: a text query naming several objects gets one `<|seg|>` per object in mention
+order (`The targets are <|seg|> and <|seg|>.`); the released model was trained on a union mask instead.
 
 Public API: `generate_dataset`, `generate_heldout`, `sample_at`, `generate_ood_sample`,
 `generate_ood_dataset`, `make_scene`, `TASKS`, `pixelqa_two_step`, `mem_slots`, `mem_prefix`,
@@ -271,14 +273,14 @@ def shape_template(shape: str, s: float, rot: float = 0.0) -> np.ndarray:
     return np.asarray(img, dtype=bool)
 
 
-def _paste(template: np.ndarray, cx: int, cy: int, out: np.ndarray) -> None:
-    """OR a centred template into the (H, W) bool array `out`, clipping at the borders."""
-    h, w = out.shape
+def _place(template: np.ndarray, cx: int, cy: int, h: int, w: int):
+    """Clip a template centred at (cx, cy) to an (h, w) frame: (frame slices, template slices) or None."""
     r = template.shape[0] // 2
     x0, y0 = cx - r, cy - r
     xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + 2 * r + 1, w), min(y0 + 2 * r + 1, h)
-    if xb > xa and yb > ya:
-        out[ya:yb, xa:xb] |= template[ya - y0:yb - y0, xa - x0:xb - x0]
+    if xb <= xa or yb <= ya:
+        return None
+    return (slice(ya, yb), slice(xa, xb)), (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
 
 
 def _background(rng: np.random.Generator, kind: str, h: int, w: int) -> np.ndarray:
@@ -325,7 +327,7 @@ def _canvas(rng: np.random.Generator, style: str) -> tuple[int, int]:
 
 
 def _new_object(rng: np.random.Generator, style: str, h: int, w: int, t: int):
-    """Propose one object: (info, full (T, H, W) bool mask, outline mask or None)."""
+    """Propose one object: (info, shape template, outline-ring template or None)."""
     colour, shape, size = COLOURS_L[rng.integers(6)], SHAPES[rng.integers(4)], SIZES[rng.integers(3)]
     lo, hi = (SIZE_RANGES if style == "train" else OOD_SIZE_RANGES)[size]
     s = rng.uniform(lo, hi) * min(h, w)
@@ -343,25 +345,18 @@ def _new_object(rng: np.random.Generator, style: str, h: int, w: int, t: int):
         speed = rng.uniform(0.25, 0.6) * (w if motion in ("left", "right") else h) / (t - 1)
     anchor = rng.integers(t // 4, (3 * t) // 4 + 1)  # the object is fully inside the frame here
     centres = np.rint(c + np.outer(np.arange(t) - anchor, _UNIT[motion]) * speed).astype(int)
-    full = np.zeros((t, h, w), bool)
-    outline = None
-    for k, (cx, cy) in enumerate(centres):
-        _paste(tmpl, cx, cy, full[k])
+    ring = None
     rgb = COLOURS[colour]
     if style == "ood":
         rgb = tuple(int(v) for v in np.clip(np.array(rgb) + rng.integers(-20, 21, 3), 0, 255))
         if rng.random() < 0.7:
             ring = tmpl & ~ndimage.binary_erosion(tmpl, iterations=int(rng.integers(2, 5)))
-            outline = np.zeros_like(full)
-            for k, (cx, cy) in enumerate(centres):
-                _paste(ring, cx, cy, outline[k])
     info = ObjectInfo(colour, shape, size, motion, float(speed), float(s), int(tmpl.sum()), rgb, centres)
-    return info, full, outline
-
+    return info, tmpl, ring
 
 
 def _too_close(a: ObjectInfo, b: ObjectInfo) -> bool:
-    """Bounding circles (1.6 x equal-area radius + 2 px) overlap on some frame."""
+    """Bounding circles (1.6 x equal-area radius, plus a 4 px gap) overlap on some frame."""
     d = np.hypot(*(a.centres - b.centres).T)
     return bool((d < 1.6 * (a.scale + b.scale) + 4).any())
 
@@ -375,6 +370,7 @@ def make_scene(rng: np.random.Generator, video: bool = False, style: str = "trai
     bg = kinds[rng.integers(len(kinds))]
     n = num_objects or int(rng.integers(1, 6))
     objects: list[ObjectInfo] = []
+    placed = []  # per object: per-frame placements (None when out of frame)
     ink = np.zeros((t, h, w), np.uint8)  # 0 background, 2k+1 fill of object k, 2k+2 its outline
     vis_area, full_area = np.zeros((0, t), np.int64), np.zeros((0, t), np.int64)
     while len(objects) < n:
@@ -382,20 +378,27 @@ def make_scene(rng: np.random.Generator, video: bool = False, style: str = "trai
             prop = _new_object(rng, style, h, w, t)
             if prop is None:
                 continue
-            info, full, outline = prop
+            info, tmpl, ring = prop
             if any(o.colour == info.colour and _too_close(o, info) for o in objects):
                 continue  # same-coloured objects never touch, so their boundaries stay visible
-            tt = np.nonzero(full)[0]
-            owner = (ink[full].astype(np.int64) + 1) // 2  # 0 = background, k+1 = object k
-            lost = np.bincount(owner * t + tt, minlength=(len(objects) + 1) * t).reshape(-1, t)[1:]
+            k = len(objects)
+            where = [_place(tmpl, cx, cy, h, w) for cx, cy in info.centres]
+            lost, area = np.zeros((k, t), np.int64), np.zeros((1, t), np.int64)
+            for f, pl in enumerate(where):
+                if pl is not None:
+                    crop = tmpl[pl[1]]
+                    area[0, f] = crop.sum()
+                    covered = (ink[(f, *pl[0])][crop] + 1) // 2  # 0 = background, j+1 = object j
+                    lost[:, f] = np.bincount(covered, minlength=k + 1)[1:]
             if (vis_area - lost >= MIN_VISIBLE * full_area).all():
-                k = len(objects)
-                ink[full] = 2 * k + 1
-                if outline is not None:
-                    ink[outline] = 2 * k + 2
-                area = np.bincount(tt, minlength=t)[None]
+                for f, pl in enumerate(where):
+                    if pl is not None:
+                        ink[(f, *pl[0])][tmpl[pl[1]]] = 2 * k + 1
+                        if ring is not None:
+                            ink[(f, *pl[0])][ring[pl[1]]] = 2 * k + 2
                 vis_area, full_area = np.concatenate([vis_area - lost, area]), np.concatenate([full_area, area])
                 objects.append(info)
+                placed.append(where)
                 break
         else:
             if objects:
@@ -403,10 +406,14 @@ def make_scene(rng: np.random.Generator, video: bool = False, style: str = "trai
     frames = np.repeat(_background(rng, bg, h, w)[None], t, 0)
     outline_rgb = (15, 15, 15) if rng.random() < 0.5 else (245, 245, 245)
     lut = np.array([(0, 0, 0)] + [c for o in objects for c in (o.rgb, outline_rgb)], np.uint8)
-    fg = ink > 0
-    frames[fg] = lut[ink[fg]]
-    owner = (ink + 1) // 2
-    masks = owner[None] == np.arange(1, len(objects) + 1, dtype=np.uint8)[:, None, None, None]
+    masks = np.zeros((len(objects), t, h, w), bool)
+    for k, where in enumerate(placed):
+        for f, pl in enumerate(where):
+            if pl is not None:
+                own = ink[(f, *pl[0])]
+                mine = (own + 1) // 2 == k + 1
+                masks[(k, f, *pl[0])] = mine
+                frames[(f, *pl[0])][mine] = lut[own[mine]]
     return Scene(frames, masks, objects, t == 1, bg, style)
 
 
@@ -700,7 +707,7 @@ def _id_question(rng: np.random.Generator, scene: Scene, sel: list[int]) -> _IdQ
         if clear_size and rng.random() < 0.5:
             big = int(order[0])
             return _IdQuestion(sel, "Which of {0}, {1} and {2} is the largest?", f"[{{{big}}}]", [],
-                               f"{{{big}}} is the largest of " + _join([f"{{{j}}}" for j in range(3) if j != big]) + ".")
+                               f"{{{big}}} is the largest of {_join([f'{{{j}}}' for j in range(3) if j != big])}.")
         cols = [objs[j].colour for j in sel]
         wrong = {_join([_pick(rng, COLOURS_L) for _ in range(3)]) for _ in range(4)} - {_join(cols)}
         return _IdQuestion(sel, "What colours are {0}, {1} and {2}?", _cap(_join(cols)),
@@ -766,7 +773,7 @@ def _sample(task: str, scene: Scene, turns: list[Turn], mem: Sequence[RegionProm
 
 def _seg_turn(rng: np.random.Generator, scene: Scene, i: int, expr: str) -> Turn:
     if rng.random() < 0.15:
-        templates = DESCRIPTION_TEMPLATES if not scene.is_image else [t for t in DESCRIPTION_TEMPLATES if "video" not in t]
+        templates = [t for t in DESCRIPTION_TEMPLATES if not scene.is_image or "video" not in t]
         return Turn(_pick(rng, templates).format(f"The {expr}."), _pick(rng, RESPONSES), [(i,)])
     return Turn(_pick(rng, QUERY_TEMPLATES[scene.medium]).format(expr), _pick(rng, RESPONSES), [(i,)])
 

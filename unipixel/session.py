@@ -1,0 +1,434 @@
+"""A grounded conversation about one image or video: turns, visual prompts, objects and caches.
+
+The session turns what a user gives (natural language, points/boxes/scribbles numbered ``[0]``, ``[1]``, ...)
+into the prompt formats the released model was trained on (spec §6), runs the model, and turns every
+``<|seg|>`` of a reply into an object tag ``[obj_k]`` with per-frame masks. Object numbers and region ids
+are stable for the whole conversation. Media decoding, the vision tower's output and SAM 2's image
+features are computed once per media and reused by follow-up turns.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import limits
+from .engine import Engine
+from .modeling.sam2 import FrameFeatures, TrackResult
+from .processing.media import Media, iter_frames, load_media
+from .processing.prompts import (
+    BoxPrompt,
+    MaskPrompt,
+    PointPrompt,
+    mem_prefix,
+    ref_inputs,
+    ref_mention,
+    refer_mask,
+    seg_object_ids,
+)
+from .processing.vision import build_vision_inputs, decode_response, render_chat, sam2_frames
+from .rendering import color_for
+
+Prompt = PointPrompt | BoxPrompt | MaskPrompt
+Progress = Callable[[str, float], None]
+
+SEGMENT_INTENT = re.compile(r"\b(segment\w*|masks?|track\w*|locali[sz]e|highlight|outline)\b", re.IGNORECASE)
+QUESTION = re.compile(r"\?|^\s*(what|which|who|where|why|how|is|are|does|do|can|could)\b", re.IGNORECASE)
+ID_SEGMENTATION = "Please segment the mentioned objects with IDs in the question: {}"
+PIXELQA_LOCALIZE = "{}. Please localize the relevant objects with IDs."
+SEG = "<|seg|>"
+
+
+@dataclass
+class Settings:
+    """Per-session knobs the UI exposes."""
+
+    num_frames: int = 16
+    max_new_tokens: int = 512
+    dense_cap: int = limits.DENSE_FRAMES
+
+
+@dataclass
+class Region:
+    """A user's visual prompt with its conversation-wide id (written ``[id]`` in text)."""
+
+    id: int
+    prompt: Prompt
+    turn: int
+
+
+@dataclass
+class GroundedObject:
+    """An object the model segmented: its tag, colour and per-frame masks on the sampled frames.
+
+    ``iou`` and ``presence`` are SAM 2's predicted IoU of the chosen mask and the sigmoid of its
+    object-presence logit, per frame. ``region`` is the user's region id written before its ``<|seg|>``.
+    ``dense_masks`` (optional) covers every decoded frame ``dense_indices`` of the video.
+    """
+
+    tag: str
+    masks: np.ndarray
+    frame_indices: list[int]
+    turn: int
+    iou: np.ndarray
+    presence: np.ndarray
+    region: int | None = None
+    prompt: torch.Tensor | None = field(default=None, repr=False)
+    states: list = field(default_factory=list, repr=False)
+    dense_masks: np.ndarray | None = field(default=None, repr=False)
+    dense_indices: list[int] | None = None
+
+    @property
+    def color(self) -> str:
+        return color_for(self.tag)
+
+    @property
+    def confidence(self) -> float:
+        """Mean predicted IoU over the frames where SAM 2 says the object is present (0 if never)."""
+        present = self.presence > 0.5
+        return float(self.iou[present].mean()) if present.any() else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "tag": self.tag,
+            "color": self.color,
+            "turn": self.turn,
+            "region": self.region,
+            "frames": self.frame_indices,
+            "confidence": round(self.confidence, 4),
+            "presence": [round(float(p), 4) for p in self.presence],
+            "area": [int(m.sum()) for m in self.masks],
+        }
+
+
+@dataclass
+class Reply:
+    """One answer: text with ``[obj_k]`` tags, the objects it created, and how long each stage took."""
+
+    text: str
+    raw_text: str
+    objects: list[GroundedObject]
+    regions: list[int]
+    turn: int
+    timings: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {
+            "text": self.text,
+            "raw_text": self.raw_text,
+            "turn": self.turn,
+            "regions": self.regions,
+            "objects": [obj.to_dict() for obj in self.objects],
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+
+class ChatSession:
+    """State of one conversation about one media file; not thread-safe (one per visitor)."""
+
+    def __init__(self, engine: Engine, settings: Settings | None = None) -> None:
+        self.engine = engine
+        self.settings = settings or Settings()
+        self.media: Media | None = None
+        self.media_path: Path | None = None
+        self._segment: tuple[float | None, float | None] = (None, None)
+        self.reset()
+
+    # ------------------------------------------------------------------ media and state
+    def open(
+        self, path: str | Path, num_frames: int | None = None, start_s: float | None = None, end_s: float | None = None,
+        progress: Progress | None = None,
+    ) -> Media:
+        """Load an image or a video (sampled to ``num_frames``); starts a new conversation."""
+        _report(progress, "decoding", 0.0)
+        frames = limits.check_num_frames(num_frames or self.settings.num_frames)
+        media = load_media(path, num_frames=frames, start_s=start_s, end_s=end_s)
+        self.settings.num_frames = frames
+        self.media, self.media_path, self._segment = media, Path(path), (start_s, end_s)
+        self._vision = None
+        self._features: FrameFeatures | None = None
+        self.reset()
+        _report(progress, "decoding", 1.0)
+        return media
+
+    def reset(self) -> None:
+        """Forget the conversation (turns, regions, objects); keep the media and its cached features."""
+        self.history: list[dict[str, str]] = []
+        self.regions: list[Region] = []
+        self.objects: dict[str, GroundedObject] = {}
+        self.replies: list[Reply] = []
+        self._mem_order: list[int] = []
+        self._ref_order: list[int] = []
+
+    @property
+    def turn(self) -> int:
+        return len(self.replies)
+
+    @property
+    def next_region_id(self) -> int:
+        """The id the next visual prompt gets (the UI numbers prompts on the canvas with it)."""
+        return len(self.regions)
+
+    # ------------------------------------------------------------------ one turn
+    def ask(self, question: str, prompts: Sequence[Prompt] = (), progress: Progress | None = None) -> Reply:
+        """Answer ``question`` about the media, with optional new visual prompts (ids continue the session's).
+
+        Formats (spec §6): scribbles become a ``<|mem|>`` prefix; points/boxes become ``[id] <|ref|>`` at
+        their first mention; a request to segment prompted objects uses the ID-based wrapper (one mask
+        per object), and a question about them that also asks for masks runs PixelQA (§6.5).
+        """
+        self._require_media()
+        started = time.perf_counter()
+        question = limits.clean_question(question)
+        new = self._add_regions(prompts)
+        refs = [r for r in new if not isinstance(r.prompt, MaskPrompt)]
+        asks_masks = bool(SEGMENT_INTENT.search(question))
+        mentioned, ref_order = _mention_refs(question, refs)
+        prefix = self._mem_prefix(new)
+        self._mem_order += [r.id for r in new if isinstance(r.prompt, MaskPrompt)]
+        self._ref_order += ref_order
+        timings: dict[str, float] = {}
+        if refs and asks_masks and QUESTION.search(question):
+            user_text = prefix + mentioned
+            raw, objects = self._pixel_qa(prefix, mentioned, ref_order, timings, progress)
+        else:
+            user_text = prefix + (ID_SEGMENTATION.format(mentioned) if refs and asks_masks else mentioned)
+            raw, objects = self._generate(self.history + [_user(user_text)], timings, progress)
+        self.history += [_user(user_text), {"role": "assistant", "content": raw}]
+        text = _tag_objects(raw, objects)
+        timings["total"] = time.perf_counter() - started
+        reply = Reply(text, raw, objects, [r.id for r in new], self.turn + 1, timings)
+        self.replies.append(reply)
+        return reply
+
+    def _generate(
+        self, messages: list[dict], timings: dict, progress: Progress | None, **input_options
+    ) -> tuple[str, list[GroundedObject]]:
+        """Generate the assistant's reply to ``messages``; returns the raw text and the objects it grounded."""
+        _report(progress, "thinking", 0.0)
+        inputs = self._inputs(messages, timings, **input_options)
+        tick = time.perf_counter()
+        out = self.engine.model.generate(
+            **inputs,
+            frames=lambda: self._sam_features(progress, timings),
+            frame_size=self._require_media().size,
+            prompt_masks=False,
+            max_new_tokens=limits.check_new_tokens(self.settings.max_new_tokens),
+        )
+        timings["generate"] = time.perf_counter() - tick - timings.get("sam2_features", 0.0)
+        new_ids = out.sequences[0, inputs["input_ids"].shape[1]:]
+        timings["new_tokens"] = float(len(new_ids))
+        raw = decode_response(self.engine.processor, new_ids).replace("<|endoftext|>", "").strip()
+        return raw, self._objects(out.segmentation, seg_object_ids(raw))
+
+    def _pixel_qa(
+        self, prefix: str, question: str, ref_order: list[int], timings: dict, progress: Progress | None
+    ) -> tuple[str, list[GroundedObject]]:
+        """PixelQA (spec §6.5): localize the referred objects with IDs (teacher-forced ``[id] <|seg|>``), then
+        answer with their predicted masks as ``<|mem|>`` prompts. The reply keeps the answer and the masks."""
+        media = self._require_media()
+        _report(progress, "segmenting", 0.0)
+        localize = prefix + PIXELQA_LOCALIZE.format(question.rstrip("."))
+        forced = " ".join(f"[{i}] {SEG}" for i in ref_order)
+        inputs = self._inputs(self.history + [_user(localize), {"role": "assistant", "content": forced}], timings, add_generation_prompt=False)
+        tick = time.perf_counter()
+        with torch.inference_mode():
+            out = self.engine.model(**inputs, return_pre_norm_states=True)
+        positions = torch.nonzero(inputs["input_ids"][0, 1:] == self.engine.model.config.seg_token_id).flatten()
+        segmentation = self.engine.model.segment(
+            out["pre_norm_states"][0, positions[-len(ref_order):]], self._sam_features(progress, timings), media.size
+        )
+        timings["localize"] = time.perf_counter() - tick
+        objects = self._objects(segmentation, ref_order)
+        # Step 2: the predicted masks as mask prompts; an object never found becomes the whole frame.
+        answer_masks = []
+        for obj in objects:
+            masks = obj.masks if obj.masks.any() else np.ones_like(obj.masks)
+            answer_masks.append([MaskPrompt(m, f) for f, m in enumerate(masks) if m.any()])
+        answer_text = self._mem_prefix_for(answer_masks, ref_order) + prefix + question.replace(" <|ref|>", "")
+        earlier_refs = self._ref_order[: len(self._ref_order) - len(ref_order)]
+        raw_answer, _ = self._generate(
+            self.history + [_user(answer_text)], timings, progress, extra_masks=answer_masks, refs=earlier_refs
+        )
+        return f"{raw_answer} " + " ".join(f"[{i}] {SEG}" for i in ref_order), objects
+
+    # ------------------------------------------------------------------ refinement and dense tracking
+    def refine(self, tag: str, clicks: Sequence[tuple[float, float, int]], frame: int) -> GroundedObject:
+        """Correct object ``tag`` with positive (1) / negative (0) clicks on sampled frame ``frame``.
+
+        SAM 2 corrects that frame on top of the object's memory and re-propagates; the object keeps its
+        tag and colour. Clicks are in original media pixels.
+        """
+        obj = self.objects.get(tag)
+        if obj is None:
+            raise ValueError(f"there is no object {tag} to refine")
+        media = self._require_media()
+        limits.check_clicks(clicks, media.size, frame, media.num_frames)
+        track = self.engine.model.sam2.refine(obj.states, frame, clicks)
+        obj.masks, obj.iou, obj.presence = _track_arrays(track, 0)
+        obj.dense_masks = obj.dense_indices = None
+        return obj
+
+    def track_dense(self, tags: Sequence[str] | None = None, cap: int | None = None, progress: Progress | None = None) -> list[int]:
+        """Propagate objects through every decoded frame of the video segment (at most ``cap`` frames).
+
+        Beyond the reference, which masks only the sampled frames: the overlay can then play at the source
+        frame rate. Returns the source frame indices covered.
+        """
+        media = self._require_media()
+        if media.is_image:
+            raise ValueError("dense tracking needs a video")
+        chosen = [self.objects[t] for t in (tags or list(self.objects)) if self.objects[t].prompt is not None]
+        if not chosen:
+            return []
+        cap = min(cap or self.settings.dense_cap, limits.DENSE_FRAMES)
+        _report(progress, "tracking", 0.0)
+        start, end = self._segment
+        decoded = list(iter_frames(self.media_path, start_s=start, end_s=end, max_frames=cap))
+        frames = np.stack([f.rgb for f in decoded])
+        sam = self.engine.model.sam2
+        features = sam.encode_frames(sam2_frames(frames, self.engine.sam_image_size))
+        indices = [f.index for f in decoded]
+        for done, obj in enumerate(chosen):
+            track = sam.track(features, media.size, obj.prompt[None].to(sam.device))
+            obj.dense_masks = (track.logits[0] > 0).cpu().numpy()
+            obj.dense_indices = indices
+            _report(progress, "tracking", (done + 1) / len(chosen))
+        return indices
+
+    # ------------------------------------------------------------------ helpers
+    def _require_media(self) -> Media:
+        if self.media is None:
+            raise ValueError("open an image or a video first")
+        return self.media
+
+    def _add_regions(self, prompts: Sequence[Prompt]) -> list[Region]:
+        media = self._require_media()
+        limits.check_prompts(prompts, len(self.regions), media.size, media.num_frames)
+        new = [Region(self.next_region_id + i, p, self.turn) for i, p in enumerate(prompts)]
+        self.regions += new
+        return new
+
+    def _mem_prefix(self, new: list[Region]) -> str:
+        masks = [r for r in new if isinstance(r.prompt, MaskPrompt)]
+        return self._mem_prefix_for([[r.prompt] for r in masks], [r.id for r in masks]) if masks else ""
+
+    def _mem_prefix_for(self, objects: list[list[MaskPrompt]], ids: list[int]) -> str:
+        media = self._require_media()
+        _, slots = refer_mask(objects, media.num_frames, self._grid())
+        return mem_prefix(slots, media.num_frames, media.is_image, ids)
+
+    def _grid(self) -> list[int]:
+        return self._vision_inputs()["video_grid_thw"][0].tolist()
+
+    def _vision_inputs(self, text: str | None = None) -> dict:
+        media = self._require_media()
+        return build_vision_inputs(
+            self.engine.processor, media.llm_frames, text or "<|vision_start|><|video_pad|><|vision_end|>",
+            self.settings.num_frames,
+        )
+
+    def _inputs(
+        self,
+        messages: list[dict],
+        timings: dict,
+        add_generation_prompt: bool = True,
+        extra_masks: Sequence[list[MaskPrompt]] = (),
+        refs: list[int] | None = None,
+    ) -> dict:
+        """Model inputs for ``messages``: tokens, the cached vision features, and the pixel prompts of every
+        ``<|mem|>`` (conversation order, then ``extra_masks``) and ``<|ref|>`` (``refs``, default all)."""
+        media = self._require_media()
+        model = self.engine.model
+        tick = time.perf_counter()
+        text = render_chat(self.engine.processor, messages, add_generation_prompt=add_generation_prompt)
+        inputs = self._vision_inputs(text)
+        timings["prepare"] = timings.get("prepare", 0.0) + time.perf_counter() - tick
+        if self._vision is None:
+            tick = time.perf_counter()
+            with torch.inference_mode():
+                self._vision = model.encode_video(
+                    inputs["pixel_values_videos"].to(model.device), inputs["video_grid_thw"].to(model.device)
+                )
+            timings["vision_encoder"] = time.perf_counter() - tick
+        keys = ("input_ids", "attention_mask", "video_grid_thw", "second_per_grid_ts")
+        kwargs = {k: inputs[k].to(model.device) for k in keys}
+        kwargs["video_features"] = self._vision
+        masks = [[self.regions[i].prompt] for i in self._mem_order] + list(extra_masks)
+        if masks:
+            kwargs["refer_mask"], _ = refer_mask(masks, media.num_frames, self._grid())
+        refs = self._ref_order if refs is None else refs
+        if refs:
+            prompts = [self.regions[i].prompt for i in refs]
+            ref = ref_inputs(prompts, media.size, self.engine.sam_image_size, media.num_frames)
+            kwargs.update(point_coords=ref.point_coords, point_labels=ref.point_labels, point_frames=ref.point_frames)
+        return kwargs
+
+    def _sam_features(self, progress: Progress | None, timings: dict) -> FrameFeatures:
+        """SAM 2 image features of the sampled frames, computed on first need and kept for the media."""
+        _report(progress, "segmenting", 0.0)
+        if self._features is None:
+            tick = time.perf_counter()
+            media = self._require_media()
+            self._features = self.engine.model.sam2.encode_frames(sam2_frames(media.frames, self.engine.sam_image_size))
+            timings["sam2_features"] = time.perf_counter() - tick
+        return self._features
+
+    def _objects(self, segmentation, regions: Sequence[int | None]) -> list[GroundedObject]:
+        """One new object per mask, tagged ``obj_k`` with k continuing the conversation's numbering."""
+        media = self._require_media()
+        if segmentation is None or segmentation.track is None:
+            return []
+        objects = []
+        for i in range(len(segmentation.masks)):
+            masks, iou, presence = _track_arrays(segmentation.track, i)
+            tag = f"obj_{len(self.objects) + 1}"
+            obj = GroundedObject(
+                tag, masks, list(media.frame_indices), self.turn + 1, iou, presence,
+                region=regions[i] if i < len(regions) else None,
+                prompt=segmentation.prompts[i].detach(), states=segmentation.track.states[i],
+            )
+            self.objects[tag] = obj
+            objects.append(obj)
+        return objects
+
+
+def _mention_refs(question: str, refs: list[Region]) -> tuple[str, list[int]]:
+    """Write ``[id] <|ref|>`` at the first mention of each point/box region (appending unmentioned ones);
+    returns the text and the region ids in ``<|ref|>`` order (the order their embeddings are placed)."""
+    for region in refs:
+        pattern = re.compile(rf"\[{region.id}\](?!\s*<\|ref\|>)")
+        if pattern.search(question):
+            question = pattern.sub(ref_mention(region.id), question, count=1)
+        else:
+            question = f"{question.rstrip()} {ref_mention(region.id)}"
+    order = [int(m[1]) for m in re.finditer(r"\[(\d+)\] <\|ref\|>", question)]
+    return question, order
+
+
+def _tag_objects(raw: str, objects: list[GroundedObject]) -> str:
+    """Replace each ``<|seg|>`` (left to right) by its object's ``[obj_k]`` tag; drop other special tokens."""
+    tags = iter(obj.tag for obj in objects)
+    text = re.sub(r"\s*<\|seg\|>", lambda _m: f" [{next(tags, 'no mask')}]", raw)
+    return re.sub(r"<\|[a-z_]+\|>", "", text).strip()
+
+
+def _user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def _track_arrays(track: TrackResult, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    masks = (track.logits[i] > 0).cpu().numpy()
+    iou = track.iou[i].float().cpu().numpy()
+    presence = torch.sigmoid(track.object_score[i].float()).cpu().numpy()
+    return masks, iou, presence
+
+
+def _report(progress: Progress | None, stage: str, fraction: float) -> None:
+    if progress is not None:
+        progress(stage, fraction)
