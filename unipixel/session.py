@@ -31,7 +31,7 @@ from .processing.prompts import (
     refer_mask,
     seg_object_ids,
 )
-from .processing.vision import build_vision_inputs, decode_response, render_chat, sam2_frames
+from .processing.vision import build_vision_inputs, decode_response, render_chat, sam2_frames, video_grid_thw
 from .rendering import color_for
 
 Prompt = PointPrompt | BoxPrompt | MaskPrompt
@@ -207,16 +207,17 @@ class ChatSession:
         return reply
 
     def _generate(
-        self, messages: list[dict], timings: dict, progress: Progress | None, **input_options
+        self, messages: list[dict], timings: dict, progress: Progress | None, segment: bool = True, **input_options
     ) -> tuple[str, list[GroundedObject]]:
-        """Generate the assistant's reply to ``messages``; returns the raw text and the objects it grounded."""
+        """Generate the assistant's reply to ``messages``; returns the raw text and the objects it grounded
+        (none when ``segment`` is false: the text then keeps no ``<|seg|>``)."""
         _report(progress, "thinking", 0.0)
         inputs = self._inputs(messages, timings, **input_options)
         tick = time.perf_counter()
+        masks = dict(frames=lambda: self._sam_features(progress, timings), frame_size=self._require_media().size)
         out = self.engine.model.generate(
             **inputs,
-            frames=lambda: self._sam_features(progress, timings),
-            frame_size=self._require_media().size,
+            **(masks if segment else {"return_dict_in_generate": True}),
             prompt_masks=False,
             max_new_tokens=limits.check_new_tokens(self.settings.max_new_tokens),
         )
@@ -224,6 +225,8 @@ class ChatSession:
         new_ids = out.sequences[0, inputs["input_ids"].shape[1]:]
         timings["new_tokens"] = float(len(new_ids))
         raw = decode_response(self.engine.processor, new_ids).replace("<|endoftext|>", "").strip()
+        if not segment:
+            return re.sub(r"\s*<\|seg\|>", "", raw), []
         return raw, self._objects(out.segmentation, seg_object_ids(raw))
 
     def _pixel_qa(
@@ -253,7 +256,7 @@ class ChatSession:
         answer_text = self._mem_prefix_for(answer_masks, ref_order) + prefix + question.replace(" <|ref|>", "")
         earlier_refs = self._ref_order[: len(self._ref_order) - len(ref_order)]
         raw_answer, _ = self._generate(
-            self.history + [_user(answer_text)], timings, progress, extra_masks=answer_masks, refs=earlier_refs
+            self.history + [_user(answer_text)], timings, progress, segment=False, extra_masks=answer_masks, refs=earlier_refs
         )
         return f"{raw_answer} " + " ".join(f"[{i}] {SEG}" for i in ref_order), objects
 
@@ -323,15 +326,13 @@ class ChatSession:
         _, slots = refer_mask(objects, media.num_frames, self._grid())
         return mem_prefix(slots, media.num_frames, media.is_image, ids)
 
-    def _grid(self) -> list[int]:
-        return self._vision_inputs()["video_grid_thw"][0].tolist()
-
-    def _vision_inputs(self, text: str | None = None) -> dict:
+    def _grid(self) -> tuple[int, int, int]:
         media = self._require_media()
-        return build_vision_inputs(
-            self.engine.processor, media.llm_frames, text or "<|vision_start|><|video_pad|><|vision_end|>",
-            self.settings.num_frames,
-        )
+        return video_grid_thw(*media.size, media.num_frames, self.settings.num_frames)
+
+    def _vision_inputs(self, text: str) -> dict:
+        media = self._require_media()
+        return build_vision_inputs(self.engine.processor, media.llm_frames, text, self.settings.num_frames)
 
     def _inputs(
         self,

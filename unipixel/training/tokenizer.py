@@ -1,12 +1,13 @@
 """A small byte-level BPE tokenizer and Qwen2.5-VL processor for models trained on the shapes data.
 
 The files load exactly like a released checkpoint's (``unipixel.processing.vision.load_processor``): a
-``Qwen2Tokenizer`` (Qwen's pre-tokenizer regex, byte-level BPE), then Qwen2.5's 22 special tokens in
-Qwen's order, then ``<|ref|>``, ``<|seg|>``, ``<|mem|>`` as additional special tokens (spec §1.4), and the
-Qwen2.5-VL chat template (spec §6.1).
+``Qwen2Tokenizer`` (Qwen's pre-tokenizer regex, byte-level BPE) whose ids end with Qwen2.5's 22 special
+tokens in Qwen's order and then ``<|ref|>``, ``<|seg|>``, ``<|mem|>`` as additional special tokens
+(spec §1.4), with the Qwen2.5-VL chat template (spec §6.1).
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -53,58 +54,46 @@ CHAT_TEMPLATE = (
 """The Qwen2.5-VL chat template: default system turn, media items as vision placeholders (spec §6.1)."""
 
 
-def shapes_corpus(n: int = 4000, seed: int = 1) -> Iterator[str]:
-    """Conversation text of ``n`` shapes samples (a stream the training data never uses) plus fixed strings."""
-    yield "system\nYou are a helpful assistant.\nuser\nassistant\n"
-    yield "The best option is (A). (B). (C). (D)."
+def shapes_corpus(n: int = 2000, seed: int = 1) -> Iterator[str]:
+    """Conversation text of ``n`` shapes samples (a stream training never uses) and the chat-template words."""
+    yield "system\nYou are a helpful assistant.\nuser\nassistant\nThe best option is (A). (B) (C) (D)"
     for i in range(n):
-        sample = shapes.sample_at(seed, i)
-        for turn in sample.turns:
+        for turn in shapes.sample_at(seed, i).turns:
             yield turn.user
             yield turn.assistant
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> Qwen2Tokenizer:
-    """Train a byte-level BPE with ``vocab_size`` entries (before special tokens) on ``texts``."""
-    special = set(QWEN_SPECIAL_TOKENS + UNIPIXEL_TOKENS)
+    """Byte-level BPE of at most ``vocab_size`` pieces trained on ``texts``, then the special tokens."""
+    special = QWEN_SPECIAL_TOKENS + UNIPIXEL_TOKENS
     backend = Tokenizer(models.BPE())
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
-    backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
 
-    def plain(text: str) -> str:  # special tokens are never split into BPE pieces
+    def plain(text: str) -> str:  # special tokens must not leak into the BPE pieces
         for token in special:
             text = text.replace(token, " ")
         return text
 
     backend.train_from_iterator((plain(t) for t in texts), trainer=trainer)
-    state = backend.model
-    vocab = dict(sorted(backend.get_vocab().items(), key=lambda item: item[1]))
-    merges = [" ".join(pair) for pair in _merges(backend)]
-    del state
+    model = json.loads(backend.to_str())["model"]
+    vocab = dict(model["vocab"])
+    vocab.update({token: len(vocab) + i for i, token in enumerate(special)})
     tokenizer = Qwen2Tokenizer(
-        vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        chat_template=CHAT_TEMPLATE, model_max_length=32768, clean_up_tokenization_spaces=False,
-        split_special_tokens=False,
+        vocab=vocab, merges=[tuple(m) for m in model["merges"]], unk_token=None, eos_token="<|im_end|>",
+        pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE, model_max_length=32768,
+        clean_up_tokenization_spaces=False,
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": list(UNIPIXEL_TOKENS)}, replace_extra_special_tokens=False) \
-        if False else None
     tokenizer.add_tokens(list(QWEN_SPECIAL_TOKENS), special_tokens=True)
     tokenizer.add_special_tokens({"additional_special_tokens": list(UNIPIXEL_TOKENS)})
+    assert tokenizer.convert_tokens_to_ids(list(special)) == list(range(len(vocab) - len(special), len(vocab)))
     return tokenizer
-
-
-def _merges(backend: Tokenizer) -> list[tuple[str, str]]:
-    """The trained merges, in rank order."""
-    import json
-
-    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in json.loads(backend.to_str())["model"]["merges"]]
 
 
 def build_processor(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLProcessor:
