@@ -183,8 +183,23 @@ class ChatSession:
         per object), and a question about them that also asks for masks runs PixelQA (§6.5).
         """
         self._require_media()
-        started = time.perf_counter()
         question = limits.clean_question(question)
+        saved = self._snapshot()
+        try:
+            return self._ask(question, prompts, progress)
+        except BaseException:
+            self._restore(saved)  # a failed turn leaves the conversation as it was
+            raise
+
+    def _snapshot(self) -> tuple:
+        return list(self.regions), dict(self.objects), list(self._mem_order), list(self._ref_order)
+
+    def _restore(self, saved: tuple) -> None:
+        regions, objects, mem_order, ref_order = saved
+        self.regions, self.objects, self._mem_order, self._ref_order = list(regions), dict(objects), list(mem_order), list(ref_order)
+
+    def _ask(self, question: str, prompts: Sequence[Prompt], progress: Progress | None) -> Reply:
+        started = time.perf_counter()
         new = self._add_regions(prompts)
         refs = [r for r in new if not isinstance(r.prompt, MaskPrompt)]
         asks_masks = bool(SEGMENT_INTENT.search(question))
