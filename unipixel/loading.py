@@ -81,6 +81,8 @@ def build_model(
     frequencies, SAM 2's RoPE tables) are created with an explicit float32 dtype and are unaffected.
     """
     config._attn_implementation = attn_implementation
+    for part in (config, config.text_config, config.vision_config):
+        part.dtype = dtype  # sub-models are built with their config's dtype as the default
     with no_init_weights(), _default_dtype(dtype):
         model = UniPixelForConditionalGeneration(config, sam2_yaml=sam2_yaml)
     return model.eval()
