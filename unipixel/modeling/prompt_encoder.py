@@ -44,6 +44,8 @@ def pool_mask_tokens(
     base = 0
     for (t, h, w), mask in zip(video_grid_thw.tolist(), refer_masks):
         per_slot = (h // merge) * (w // merge)
+        if mask.ndim != 4 or mask.shape[0] != t or tuple(mask.shape[2:]) != (h // merge, w // merge):
+            raise ValueError(f"refer_mask of shape {tuple(mask.shape)} does not fit the video grid {(t, h, w)}")
         block = merger_inputs[base : base + t * per_slot].view(t, per_slot, -1)
         flat = mask.to(block.device).flatten(2)  # (t, n_obj, per_slot)
         for obj in range(flat.shape[1]):
