@@ -60,7 +60,10 @@ def load_engine(model: str | None = None, device: str | None = None, dtype: torc
             return _load(DEFAULT_MODEL, device, dtype)
         except CheckpointError as err:
             log.warning("%s; falling back to the %s", err, BUNDLED_NOTICE)
-            engine = _load("bundled", device, dtype)
+            try:
+                engine = _load("bundled", device, dtype)
+            except CheckpointError as bundled_err:
+                raise CheckpointError(f"{DEFAULT_MODEL} unavailable ({err}) and the bundled model too ({bundled_err})") from bundled_err
             engine.notice = f"{BUNDLED_NOTICE} ({DEFAULT_MODEL} unavailable: {err})"
             return engine
     return _load(model, device, dtype)

@@ -19,8 +19,10 @@ MAX_PROMPTS = 16
 MAX_OBJECTS = 32
 #: Tokens one reply may generate.
 MAX_NEW_TOKENS = 1024
-#: Frames decoded for dense tracking (overlay at the source frame rate).
+#: Frames decoded for dense tracking (overlay at the source frame rate) ...
 DENSE_FRAMES = 240
+#: ... and at most this many pixels over all of them (fewer frames for large videos: masks are kept per frame).
+DENSE_PIXELS = 240 * 640 * 480
 #: Largest upload accepted by the app (bytes).
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 
@@ -50,6 +52,11 @@ def check_new_tokens(max_new_tokens: int) -> int:
     if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise ValueError(f"max new tokens must be between 1 and {MAX_NEW_TOKENS}, got {max_new_tokens}")
     return max_new_tokens
+
+
+def dense_frame_cap(size: tuple[int, int], requested: int) -> int:
+    """How many frames dense tracking may decode for frames of ``size`` (at least 1)."""
+    return max(1, min(requested, DENSE_FRAMES, DENSE_PIXELS // (size[0] * size[1])))
 
 
 def check_prompts(prompts: Sequence, existing: int, size: tuple[int, int], num_frames: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -133,7 +133,7 @@ class ChatSession:
 
     def __init__(self, engine: Engine, settings: Settings | None = None) -> None:
         self.engine = engine
-        self.settings = settings or Settings()
+        self.settings = replace(settings) if settings else Settings()  # never shared between sessions
         self.media: Media | None = None
         self.media_path: Path | None = None
         self._segment: tuple[float | None, float | None] = (None, None)
@@ -146,12 +146,13 @@ class ChatSession:
     ) -> Media:
         """Load an image or a video (sampled to ``num_frames``); starts a new conversation."""
         _report(progress, "decoding", 0.0)
-        frames = limits.check_num_frames(num_frames or self.settings.num_frames)
+        frames = limits.check_num_frames(self.settings.num_frames if num_frames is None else num_frames)
         media = load_media(path, num_frames=frames, start_s=start_s, end_s=end_s)
         self.settings.num_frames = frames
         self.media, self.media_path, self._segment = media, Path(path), (start_s, end_s)
         self._vision = None
         self._features: FrameFeatures | None = None
+        self.dense_frames: np.ndarray | None = None
         self.reset()
         _report(progress, "decoding", 1.0)
         return media
@@ -293,24 +294,31 @@ class ChatSession:
         return obj
 
     def track_dense(self, tags: Sequence[str] | None = None, cap: int | None = None, progress: Progress | None = None) -> list[int]:
-        """Propagate objects through every decoded frame of the video segment (at most ``cap`` frames).
+        """Propagate objects through every decoded frame of the video segment (capped, see ``limits``).
 
         Beyond the reference, which masks only the sampled frames: the overlay can then play at the source
-        frame rate. Returns the source frame indices covered.
+        frame rate. The decoded frames stay in ``dense_frames`` for rendering; returns their source indices.
         """
         media = self._require_media()
         if media.is_image:
             raise ValueError("dense tracking needs a video")
+        unknown = [t for t in tags or () if t not in self.objects]
+        if unknown:
+            raise ValueError(f"there is no object {unknown[0]} to track")
         chosen = [self.objects[t] for t in (tags or list(self.objects)) if self.objects[t].prompt is not None]
         if not chosen:
             return []
-        cap = min(cap or self.settings.dense_cap, limits.DENSE_FRAMES)
+        cap = limits.dense_frame_cap(media.size, cap or self.settings.dense_cap)
         _report(progress, "tracking", 0.0)
         start, end = self._segment
-        decoded = list(iter_frames(self.media_path, start_s=start, end_s=end, max_frames=cap))
-        frames = np.stack([f.rgb for f in decoded])
+        decoded = []
+        for frame in iter_frames(self.media_path, start_s=start, end_s=end):
+            decoded.append(frame)
+            if len(decoded) == cap:
+                break
+        self.dense_frames = np.stack([f.rgb for f in decoded])
         sam = self.engine.model.sam2
-        features = sam.encode_frames(sam2_frames(frames, self.engine.sam_image_size))
+        features = sam.encode_frames(sam2_frames(self.dense_frames, self.engine.sam_image_size))
         indices = [f.index for f in decoded]
         for done, obj in enumerate(chosen):
             track = sam.track(features, media.size, obj.prompt[None].to(sam.device))

@@ -1,0 +1,220 @@
+"""Train a small UniPixel from scratch on procedural shapes, end to end, on a CPU.
+
+    python -m unipixel.training.train --out assets/unipixel-shapes
+
+Everything is built here: a BPE tokenizer trained on the shapes text (``tokenizer.py``), a tiny
+Qwen2.5-VL + SAM 2 (``sam2_shapes.yaml``) of the released model class, and one optimiser over all of it.
+Each step encodes one shapes conversation exactly as inference would (``data.py``) and minimises the LM
+loss on the assistant turns plus SAM 2's mask losses (``losses.py``) for every ``<|seg|>``, with the
+SAM 2 prompt taken from the pre-norm hidden state before the ``<|seg|>`` through ``seg_head`` as at
+inference. The checkpoint is written in the released format (``save_checkpoint``) at every
+``--save-every`` steps and at the end, with a JSON-lines loss log beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..configuration import UniPixelConfig
+from ..loading import reference_generation_config, save_checkpoint
+from ..modeling.unipixel import UniPixelForConditionalGeneration, seg_prompt_positions
+from .data import Encoded, encode, training_sample
+from .losses import mask_losses, track_for_training
+from .tokenizer import build_processor, shapes_corpus, train_tokenizer
+
+SAM2_YAML = Path(__file__).with_name("sam2_shapes.yaml")
+TRAIN_SEED = 0
+
+TASK_MIX = {
+    "referring_seg": 0.26, "reasoning_seg": 0.08, "mask_region": 0.16, "ref_caption": 0.14,
+    "id_seg": 0.1, "pixelqa": 0.06, "pixelqa_two_step": 0.12, "multi_turn": 0.08,
+}
+"""Task mix of the training stream (shapes' default, shifted towards the measured tasks)."""
+
+
+@dataclass
+class Sizes:
+    """Architecture of the small model (the SAM 2 part is ``sam2_shapes.yaml``)."""
+
+    hidden: int = 192
+    layers: int = 4
+    heads: int = 6
+    kv_heads: int = 2
+    intermediate: int = 512
+    rope_theta: float = 100.0
+    mrope_section: list[int] = field(default_factory=lambda: [2, 3, 3, 2, 3, 3])
+    vision_hidden: int = 96
+    vision_depth: int = 3
+    vision_heads: int = 2
+    vision_intermediate: int = 192
+    vision_window: int = 1792
+    sam2_image_size: int = 256
+
+
+def build_config(tokenizer, sizes: Sizes) -> UniPixelConfig:
+    """A UniPixel config for ``tokenizer``'s ids and ``sizes``.
+
+    The vision window (1792 px = 64 merged tokens) covers any frame up to the largest LLM frame size, so
+    the tower's window order equals raster order and ``<|mem|>`` pools exactly the tokens under the mask
+    (spec §1.5.2). ``mrope_section`` interleaves the t/h/w bands (six sections, a multiple of three, so
+    transformers 4.53.3 and 5.x assign the same frequencies) to give both spatial axes usable frequencies.
+    """
+    ids = lambda *tokens: tokenizer.convert_tokens_to_ids(list(tokens))  # noqa: E731
+    bos, eos, vstart, vend, vpad, ipad, video = ids(
+        "<|endoftext|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"
+    )
+    ref, seg, mem = ids("<|ref|>", "<|seg|>", "<|mem|>")
+    vocab = 64 * math.ceil(len(tokenizer) / 64)
+    text = dict(
+        vocab_size=vocab, hidden_size=sizes.hidden, intermediate_size=sizes.intermediate,
+        num_hidden_layers=sizes.layers, num_attention_heads=sizes.heads, num_key_value_heads=sizes.kv_heads,
+        max_position_embeddings=8192, rms_norm_eps=1e-6, rope_theta=sizes.rope_theta,
+        rope_scaling={"type": "mrope", "mrope_section": list(sizes.mrope_section)},
+        bos_token_id=bos, eos_token_id=eos, tie_word_embeddings=True,
+    )
+    vision = dict(
+        depth=sizes.vision_depth, hidden_size=sizes.vision_hidden, intermediate_size=sizes.vision_intermediate,
+        num_heads=sizes.vision_heads, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+        tokens_per_second=2, window_size=sizes.vision_window, out_hidden_size=sizes.hidden,
+        fullatt_block_indexes=[sizes.vision_depth - 1],
+    )
+    return UniPixelConfig(
+        text_config=text, vision_config=vision, tie_word_embeddings=True,
+        sam2_config="configs/unipixel_shapes", sam2_image_size=sizes.sam2_image_size, sam2_hidden_tokens=2,
+        bos_token_id=bos, eos_token_id=eos, vision_start_token_id=vstart, vision_end_token_id=vend,
+        vision_token_id=vpad, image_token_id=ipad, video_token_id=video,
+        ref_token_id=ref, seg_token_id=seg, mem_token_id=mem,
+    )
+
+
+def build_model(config: UniPixelConfig, sam2_yaml: Path = SAM2_YAML) -> UniPixelForConditionalGeneration:
+    """A freshly initialised model; two initialisations help it start sensibly.
+
+    ``<|ref|>``'s point encoder shares SAM 2's random-Fourier basis, so positions reach SAM 2 in its own
+    coordinates; ``msk_proj`` starts as a copy of the vision merger MLP (as the reference initialised it),
+    so a ``<|mem|>`` token starts as the mean of the visual tokens under its mask.
+    """
+    model = UniPixelForConditionalGeneration(config, sam2_yaml=sam2_yaml)
+    with torch.no_grad():
+        model.ref_encoder.pe_layer.positional_encoding_gaussian_matrix.copy_(
+            model.sam2.sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+        )
+        model.msk_proj.load_state_dict(model.model.visual.merger.mlp.state_dict())
+    model.generation_config = reference_generation_config(config)
+    return model
+
+
+def training_loss(model: UniPixelForConditionalGeneration, example: Encoded, loss_size: int) -> dict[str, torch.Tensor]:
+    """LM loss plus SAM 2 losses for every ``<|seg|>`` (prompted from the state before it, as inference)."""
+    out = model(**example.inputs, labels=example.labels, return_pre_norm_states=True)
+    terms = {"lm": out.loss}
+    if example.targets:
+        positions = seg_prompt_positions(example.inputs["input_ids"][0], model.config.seg_token_id)
+        states = out["pre_norm_states"][0, positions]
+        hidden = model.seg_head(states).view(len(positions), model.config.sam2_hidden_tokens, -1)
+        outputs = track_for_training(model.sam2, example.frames, hidden)
+        terms.update(mask_losses(outputs, torch.stack(example.targets), loss_size))
+    return terms
+
+
+def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 5 % of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Build, train and save; returns the checkpoint directory."""
+    seed_everything(args.seed)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(shapes_corpus(args.corpus), vocab_size=args.vocab)
+    processor = build_processor(tokenizer)
+    sizes = Sizes()
+    model = build_model(build_config(tokenizer, sizes)).train()
+    image_size = model.config.sam2_image_size
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98)
+    )
+    log = (out / "train_log.jsonl").open("a")
+    started = time.time()
+    for step in range(args.steps):
+        lr = learning_rate(step, args.steps, args.lr, args.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        totals: dict[str, float] = {}
+        for micro in range(args.accumulate):
+            index = step * args.accumulate + micro
+            sample = training_sample(TRAIN_SEED, index, TASK_MIX, args.video_prob, args.max_frames)
+            example = encode(processor, sample, image_size, sam_frames=args.sam_frames)
+            terms = training_loss(model, example, args.loss_size)
+            (sum(terms.values()) / args.accumulate).backward()
+            for key, value in terms.items():
+                totals[key] = totals.get(key, 0.0) + float(value.detach()) / args.accumulate
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        record = {"step": step + 1, "lr": lr, "elapsed_s": round(time.time() - started, 1), **totals}
+        log.write(json.dumps(record) + "\n")
+        if (step + 1) % args.print_every == 0:
+            log.flush()
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            save(model, processor, out, args, sizes, step + 1)
+    log.close()
+    return out
+
+
+def save(model: UniPixelForConditionalGeneration, processor, out: Path, args: argparse.Namespace, sizes: Sizes, step: int) -> None:
+    """Checkpoint in the released format, plus the recipe that produced it."""
+    save_checkpoint(model, processor, out)
+    recipe = {"step": step, "args": vars(args), "sizes": asdict(sizes), "task_mix": TASK_MIX}
+    (out / "training_args.json").write_text(json.dumps(recipe, indent=2) + "\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="checkpoint directory")
+    parser.add_argument("--steps", type=int, default=9000, help="optimiser steps")
+    parser.add_argument("--accumulate", type=int, default=1, help="conversations per optimiser step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    parser.add_argument("--warmup", type=int, default=300, help="warm-up steps")
+    parser.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
+    parser.add_argument("--video-prob", type=float, default=0.3, help="share of video samples")
+    parser.add_argument("--max-frames", type=int, default=8, help="frames of the longest training clip")
+    parser.add_argument("--sam-frames", type=int, default=4, help="frames SAM 2 tracks in training")
+    parser.add_argument("--loss-size", type=int, default=128, help="resolution of the mask losses")
+    parser.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary size (before special tokens)")
+    parser.add_argument("--corpus", type=int, default=2000, help="shapes conversations the tokenizer is trained on")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--print-every", type=int, default=50)
+    parser.add_argument("--save-every", type=int, default=500)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
