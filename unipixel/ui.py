@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -137,6 +138,10 @@ def to_session_prompt(p: UIPrompt) -> PointPrompt | BoxPrompt | MaskPrompt:
     raise ValueError(f"unknown prompt kind {p.get('kind')!r}")
 
 
+class _Refused(Exception):
+    """A specific one-line reason to refuse a prompt (other parse errors say "malformed")."""
+
+
 def prompts_from_json(data: str | Sequence | None, size: tuple[int, int]) -> list[UIPrompt]:
     """Parse prompts in the API/CLI conventions into UI prompts (coordinates in original pixels).
 
@@ -156,6 +161,12 @@ def prompts_from_json(data: str | Sequence | None, size: tuple[int, int]) -> lis
     if not isinstance(data, list):
         raise ValueError("prompts must be a JSON list of {\"point\"|\"box\"|\"scribble\"|\"mask\": ..., \"frame\": k}")
     out = []
+
+    def floats(value, n):
+        if not isinstance(value, (list, tuple)) or len(value) != n:
+            raise TypeError
+        return [float(v) for v in value]
+
     for i, item in enumerate(data):
         if not isinstance(item, dict):
             raise ValueError(f"prompt [{i}] must be an object like {{\"point\": [x, y], \"frame\": 0}}")
@@ -168,32 +179,30 @@ def prompts_from_json(data: str | Sequence | None, size: tuple[int, int]) -> lis
         kind, value = kinds[0], item[kinds[0]]
         try:
             if kind == "point":
-                x, y = (float(v) for v in value)
+                x, y = floats(value, 2)
                 out.append({"kind": "point", "frame": frame, "xy": (x, y)})
             elif kind == "box":
-                x0, y0, x1, y1 = (float(v) for v in value)
+                x0, y0, x1, y1 = floats(value, 4)
                 out.append({"kind": "box", "frame": frame, "xyxy": (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))})
             elif kind == "scribble":
-                line = [[float(x), float(y)] for x, y in value]
-                if not line:
-                    raise ValueError
-                width = int(item.get("width", brush_width(size)))
-                if not 1 <= width <= 200:
-                    raise ValueError(f"prompt [{i}]: scribble width must be 1-200 pixels")
-                out.append({"kind": "mask", "frame": frame, "mask": scribble_mask(line, size, width),
-                            "scribble": line, "width": width})
+                if not isinstance(value, list) or not value:
+                    raise TypeError
+                line = [floats(p, 2) for p in value]
+                width = item.get("width", brush_width(size))
+                if isinstance(width, bool) or not isinstance(width, (int, float)) or not 1 <= width <= 200:
+                    raise _Refused(f"prompt [{i}]: scribble width must be 1-200 pixels")
+                out.append({"kind": "mask", "frame": frame, "mask": scribble_mask(line, size, int(width)),
+                            "scribble": line, "width": int(width)})
             else:
                 rle = {"size": [int(s) for s in value["size"]], "counts": value["counts"]}
                 if tuple(rle["size"]) != tuple(size):
-                    raise ValueError(f"prompt [{i}]: mask is {rle['size'][1]}×{rle['size'][0]}, the media is {size[1]}×{size[0]}")
+                    raise _Refused(f"prompt [{i}]: mask is {rle['size'][1]}×{rle['size'][0]}, the media is {size[1]}×{size[0]}")
                 counts = rle["counts"].encode("ascii") if isinstance(rle["counts"], str) else rle["counts"]
                 mask = mask_utils.decode({"size": rle["size"], "counts": counts}).astype(bool)
                 out.append({"kind": "mask", "frame": frame, "mask": mask})
-        except ValueError as err:
-            if str(err):
-                raise
-            raise ValueError(f"prompt [{i}]: malformed {kind}") from None
-        except (TypeError, KeyError):
+        except _Refused as err:
+            raise ValueError(str(err)) from None
+        except (TypeError, KeyError, ValueError, OverflowError):
             raise ValueError(f"prompt [{i}]: malformed {kind}") from None
     return out
 
@@ -372,7 +381,35 @@ def copy_as_code(root: str, media_name: str, question: str, prompts: list[dict],
         "print(text)              # reply with [obj_k] tags",
         "print(overlay)           # local path of the overlay (PNG for images, MP4 for videos)",
         'print([o["tag"] for o in objects["objects"]])',
+        "",
+        *cli_lines(media_name, question, prompts, settings, previous),
     ])
+
+
+def cli_lines(media_name: str, question: str, prompts: list[dict], settings: dict, previous: list[dict] | None) -> list[str]:
+    """The same turn as a ``python -m unipixel infer`` command (comment lines), when the CLI can express it."""
+    if previous:
+        return ["# The CLI answers single questions; the API call above replays the earlier turns first."]
+    args = [shlex.quote(media_name), shlex.quote(question)]
+    notes = []
+    for i, p in enumerate(prompts):
+        frame = p.get("frame", 0)
+        if "point" in p:
+            args.append("--point " + ",".join(str(v) for v in [*p["point"], frame]))
+        elif "box" in p:
+            args.append("--box " + ",".join(str(v) for v in [*p["box"], frame]))
+        else:
+            args.append(f"--mask prompt_{i}.png,{frame}")
+            notes.append(f"prompt_{i}.png: the mask of [{i}] as a PNG of the media's size")
+    if (settings.get("frames") or 1) > 1:
+        args.append(f"--frames {settings['frames']}")
+    if settings.get("dense"):
+        args.append("--dense")
+    lines = ["# The same turn with the command line (writes reply.json, masks and the overlay to out/):",
+             "#   python -m unipixel infer " + " ".join(args) + " --out out/"]
+    if settings.get("start") is not None or settings.get("end") is not None:
+        lines.append("#   (the CLI analyses the whole video: cut it to the segment first)")
+    return lines + [f"#   {n}" for n in notes]
 
 
 # ------------------------------------------------------------------------------------------------ images
@@ -494,6 +531,7 @@ class Visitor:
     visible: list[str] | None = None
     highlight: str | None = None
     followups: list[str] = field(default_factory=list)
+    asking: list[tuple[str, list[UIPrompt]]] = field(default_factory=list)  # questions shown, not yet answered
     last_used: float = field(default_factory=time.time)
     _dir: Path | None = None
     _files: list[Path] = field(default_factory=list)
@@ -520,7 +558,7 @@ class Visitor:
 
     def close(self) -> None:
         self.session = None
-        self.pending, self.sent, self.clicks, self.turns = [], [], [], []
+        self.pending, self.sent, self.clicks, self.turns, self.asking = [], [], [], [], []
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
         self._dir, self._files = None, []
@@ -547,7 +585,7 @@ class Visitor:
         if self.session is not None:
             self.session.reset()
         self.pending, self.sent, self.clicks, self.turns = [], [], [], []
-        self.visible, self.highlight, self.followups = None, None, []
+        self.visible, self.highlight, self.followups, self.asking = None, None, [], []
 
     def clamp_frame(self, frame: Any) -> int:
         n = 1 if self.media is None else self.media.num_frames
@@ -562,6 +600,14 @@ class Visitor:
         if media is None:
             return 0
         return media.frame_indices[-1] - media.frame_indices[0] + 1
+
+    def dense_cap(self) -> int:
+        """Frames dense tracking may decode for this media's frame size (see ``limits.dense_frame_cap``)."""
+        return limits.dense_frame_cap(self.media.size, limits.DENSE_FRAMES) if self.media is not None else 0
+
+    def dense_possible(self) -> bool:
+        """Dense tracking covers the whole analysed segment (else the overlay would stop early)."""
+        return self.is_video and self.segment_frames() <= self.dense_cap()
 
     def overlay_fps(self, dense: bool) -> float:
         media = self.media
@@ -635,8 +681,12 @@ class Visitor:
         stacks, indices = self.mask_stacks()
         dense = self._dense_ready(self.visible_tags) is not None
         if dense:
-            start, end = self.segment
-            frames = (f.rgb for f in iter_frames(self.media_path, start_s=start, end_s=end, max_frames=len(indices)))
+            kept = getattr(self.session, "dense_frames", None)  # the frames dense tracking decoded
+            if kept is not None and len(kept) == len(indices):
+                frames = iter(kept)
+            else:
+                start, end = self.segment
+                frames = (f.rgb for f in iter_frames(self.media_path, start_s=start, end_s=end, max_frames=len(indices)))
         else:
             frames = iter(self.media.frames)
         out = []
@@ -650,8 +700,9 @@ class Visitor:
             return None
         return write_mp4(self.new_file("overlay", ".mp4"), out, fps=self.overlay_fps(dense))
 
-    def exports(self, frame: int) -> dict[str, Path | None]:
-        """Download files: overlay (PNG/MP4), per-object mask PNG zip, COCO RLE JSON, conversation JSON."""
+    def exports(self, frame: int, video: Path | None = None) -> dict[str, Path | None]:
+        """Download files: overlay (PNG/MP4; ``video`` = an overlay video just made), per-object mask PNG zip,
+        COCO RLE JSON, conversation JSON."""
         files: dict[str, Path | None] = {"overlay": None, "masks": None, "rle": None, "conversation": None}
         if self.media is None:
             return files
@@ -663,7 +714,7 @@ class Visitor:
             return files
         stacks, indices = self.mask_stacks()
         if self.is_video:
-            files["overlay"] = self.result_video()
+            files["overlay"] = video or self.result_video()
         else:
             files["overlay"] = save_overlay_png(self.new_file("overlay", ".png"), self.media.frames[0],
                                                 {t: m[0] for t, m in stacks.items()})
@@ -705,11 +756,7 @@ class Visitor:
             if t.note:
                 msgs.append({"role": "assistant", "content": f'<span class="note">{chip_text(t.note, self.highlight, regions)}</span>'})
                 continue
-            extra = ""
-            if t.prompts:
-                items = ", ".join(describe_prompt(t.first_id + i, p, not self.is_video) for i, p in enumerate(t.prompts))
-                extra = f'<div class="prompt-note">{chip_text(items, None, regions)}</div>'
-            msgs.append({"role": "user", "content": chip_text(t.question, None, regions) + extra})
+            msgs.append({"role": "user", "content": self.user_message_html(t.question, t.prompts, t.first_id)})
             if t.error:
                 msgs.append({"role": "assistant", "content": f'<span class="reply-error">⚠️ {html.escape(t.error)}</span>'})
             elif t.reply is not None:
@@ -719,6 +766,15 @@ class Visitor:
                     body += f'<div class="meta">confidence: {conf} · {t.reply.timings.get("total", 0):.1f} s</div>'
                 msgs.append({"role": "assistant", "content": body})
         return msgs
+
+    def user_message_html(self, question: str, prompts: Sequence[UIPrompt], first_id: int) -> str:
+        """The visitor's question with its prompts [i] as chips, and what each prompt is."""
+        regions = first_id + len(prompts)
+        extra = ""
+        if prompts:
+            items = ", ".join(describe_prompt(first_id + i, p, not self.is_video) for i, p in enumerate(prompts))
+            extra = f'<div class="prompt-note">{chip_text(items, None, regions)}</div>'
+        return chip_text(question, None, max(regions, len(self.sent))) + extra
 
     def prompt_list_html(self) -> str:
         if not self.pending:
@@ -745,10 +801,11 @@ class Visitor:
         start, end = self.segment
         if start is not None or end is not None:
             parts.append(f"segment {start or 0:g}–{end if end is not None else (dur or 0):.3g} s ({seg} frames)")
+        dense = self.dense_cap()
         cap = (f"The model sees **{media.num_frames}** frames sampled from the segment (at most "
-               f"{limits.MAX_SAMPLE_FRAMES}); dense tracking covers at most **{limits.DENSE_FRAMES}** frames.")
-        if seg > limits.DENSE_FRAMES:
-            cap += f" This segment has {seg} frames: choose a shorter one for dense tracking."
+               f"{limits.MAX_SAMPLE_FRAMES}); dense tracking covers at most **{dense}** frames of this size.")
+        if seg > dense:
+            cap += f" This segment has {seg} frames: choose a shorter one (start/end) for dense tracking."
         return " · ".join(p for p in parts if p) + "  \n" + cap
 
 
@@ -783,7 +840,7 @@ CSS = """
 .obj-row { display: flex; align-items: center; gap: .6em; padding: 3px 6px; border-radius: 8px; flex-wrap: wrap; }
 .obj-row.active-row { background: rgba(99,102,241,.13); }
 .obj-row.hidden-obj { opacity: .4; }
-.obj-origin { color: var(--body-text-color-subdued); min-width: 7.5em; }
+.obj-origin { color: var(--body-text-color-subdued); min-width: 7.5em; margin-left: .35em; }
 .conf { display: inline-block; width: 56px; height: 7px; border-radius: 4px; background: #e5e7eb; overflow: hidden; }
 .conf > span { display: block; height: 100%; }
 .conf-num { font-variant-numeric: tabular-nums; min-width: 2.6em; }
