@@ -233,6 +233,30 @@ def test_refine_keeps_tag_and_colour_and_changes_the_refined_frame(session) -> N
     assert list(session.objects) == ["obj_1"]
 
 
+def test_clicks_accumulate_and_survive_a_detach_attach_round_trip(session, engine) -> None:
+    """ZeroGPU pickles the session between calls: detach drops the model and tracker states; a later
+    refine rebuilds them from the object's prompt and replays the corrections, giving the same masks
+    as a session that never left."""
+    import pickle
+
+    def corrected(detach: bool) -> np.ndarray:
+        current = ChatSession(engine)
+        current.open(TRACK_FRAMES)
+        obj = current.ask(TRACK_QUESTION).objects[0]
+        ys, xs = np.nonzero(obj.masks[1])
+        current.refine(obj.tag, [(float(xs.mean()), float(ys.mean()), 0)], frame=1)
+        current.refine(obj.tag, [(5.0, 5.0, 0)], frame=3)
+        if detach:
+            current = pickle.loads(pickle.dumps(current.detach()))
+            assert current.engine is None and current.objects[obj.tag].states == []
+            current.attach(engine)
+        refined = current.refine(obj.tag, [(6.0, 6.0, 1)], frame=3)
+        assert refined.corrections[-1] == (3, [(5.0, 5.0, 0), (6.0, 6.0, 1)])  # clicks on a frame accumulate
+        return refined.masks
+
+    assert np.array_equal(corrected(detach=True), corrected(detach=False))
+
+
 def test_track_dense_gives_one_mask_per_decoded_frame(session, tmp_path) -> None:
     media = session.open(write_video(tmp_path / "clip.mp4"), num_frames=4)
     assert media.frame_indices == [0, 3, 6, 9]

@@ -79,6 +79,7 @@ class GroundedObject:
     presence: np.ndarray
     region: int | None = None
     prompt: torch.Tensor | None = field(default=None, repr=False)
+    corrections: list[tuple[int, list[tuple[float, float, int]]]] = field(default_factory=list)
     states: list = field(default_factory=list, repr=False)
     dense_masks: np.ndarray | None = field(default=None, repr=False)
     dense_indices: list[int] | None = None
@@ -280,18 +281,50 @@ class ChatSession:
     def refine(self, tag: str, clicks: Sequence[tuple[float, float, int]], frame: int) -> GroundedObject:
         """Correct object ``tag`` with positive (1) / negative (0) clicks on sampled frame ``frame``.
 
-        SAM 2 corrects that frame on top of the object's memory and re-propagates; the object keeps its
-        tag and colour. Clicks are in original media pixels.
+        The clicks add to earlier ones on that frame; SAM 2 corrects the frame on top of the object's memory
+        and re-propagates. The object keeps its tag and colour. Clicks are in original media pixels.
         """
         obj = self.objects.get(tag)
         if obj is None:
             raise ValueError(f"there is no object {tag} to refine")
         media = self._require_media()
         limits.check_clicks(clicks, media.size, frame, media.num_frames)
-        track = self.engine.model.sam2.refine(obj.states, frame, clicks)
+        sam = self.engine.model.sam2
+        if not obj.states:  # dropped by detach(): rebuild from the prompt and replay the corrections in order
+            obj.states = sam.track(self._sam_features(None, {}), media.size, obj.prompt[None].to(sam.device)).states[0]
+            for earlier, earlier_clicks in obj.corrections:
+                sam.refine(obj.states, earlier, earlier_clicks)
+        on_frame = [c for f, sent in obj.corrections[-1:] if f == frame for c in sent]
+        sent = on_frame + [tuple(c) for c in clicks]  # stock replaces a frame's clicks: send them all
+        obj.corrections.append((frame, sent))
+        track = sam.refine(obj.states, frame, sent)
         obj.masks, obj.iou, obj.presence = _track_arrays(track, 0)
         obj.dense_masks = obj.dense_indices = None
         return obj
+
+    def detach(self) -> ChatSession:
+        """Drop the model and move cached tensors to the CPU (ZeroGPU pickles the session between calls).
+
+        Tracker states are dropped too; :meth:`refine` rebuilds them from the object's prompt and clicks.
+        """
+        self.engine = None
+        if self._vision is not None:
+            self._vision = tuple(t.cpu() for t in self._vision)
+        if self._features is not None:
+            self._features = self._features.to("cpu")
+        for obj in self.objects.values():
+            obj.prompt = obj.prompt.cpu() if obj.prompt is not None else None
+            obj.states = []
+        return self
+
+    def attach(self, engine: Engine) -> ChatSession:
+        """Give a detached session its model back; caches move to the model's device."""
+        self.engine = engine
+        if self._vision is not None:
+            self._vision = tuple(t.to(engine.device) for t in self._vision)
+        if self._features is not None:
+            self._features = self._features.to(engine.device)
+        return self
 
     def track_dense(self, tags: Sequence[str] | None = None, cap: int | None = None, progress: Progress | None = None) -> list[int]:
         """Propagate objects through every decoded frame of the video segment (capped, see ``limits``).
@@ -320,8 +353,13 @@ class ChatSession:
         sam = self.engine.model.sam2
         features = sam.encode_frames(sam2_frames(self.dense_frames, self.engine.sam_image_size))
         indices = [f.index for f in decoded]
+        position = {index: i for i, index in enumerate(indices)}
         for done, obj in enumerate(chosen):
             track = sam.track(features, media.size, obj.prompt[None].to(sam.device))
+            for frame, clicks in obj.corrections:  # refinements carry over to the dense track
+                source = media.frame_indices[frame]
+                if source in position:
+                    track = sam.refine(track.states[0], position[source], clicks)
             obj.dense_masks = (track.logits[0] > 0).cpu().numpy()
             obj.dense_indices = indices
             _report(progress, "tracking", (done + 1) / len(chosen))

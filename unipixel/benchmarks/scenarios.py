@@ -7,7 +7,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,37 +33,44 @@ OVERLAY_FPS = 2.0
 # ---------------------------------------------------------------------------------------------- media
 @dataclass(frozen=True)
 class BenchMedia:
-    """Generated inputs: a still image, a 16-frame video, a longer clip for dense tracking, two questions."""
+    """Generated inputs: a still image, a 16-frame video, a longer clip for dense tracking (the video's first frames
+    are the clip's), and for each two questions that segment two of its objects."""
 
     image: Path
     video16: Path
     clip: Path
     clip_frames: np.ndarray
-    question: str
-    followup: str
+    image_questions: tuple[str, str]
+    video_questions: tuple[str, str]
 
 
-def make_media(directory: Path, clip_frames: int, seed: int = 7) -> BenchMedia:
-    """Procedural shapes scenes at 320x240 (nearest resize keeps colours flat); videos as H.264 MP4.
-
-    The questions ask to segment two objects of the image, so that both turns of a conversation ground one.
-    """
+def make_media(directory: Path, clip_length: int, seed: int = 7) -> BenchMedia:
+    """Procedural shapes scenes at 320x240; videos as H.264 MP4 (the clip has ``clip_length`` frames)."""
     rng = np.random.default_rng(seed)
     still = make_scene(rng, num_objects=3)
-    moving = make_scene(rng, video=True, num_objects=3, num_frames=max(16, clip_frames))
-    resize = lambda frames: np.stack([np.asarray(Image.fromarray(f).resize(MEDIA_SIZE, Image.NEAREST)) for f in frames])  # noqa: E731
+    moving = make_scene(rng, video=True, num_objects=3, num_frames=max(16, clip_length))
     image = directory / "image.png"
-    Image.fromarray(resize(still.frames)[0]).save(image)
-    frames = resize(moving.frames)
-    names = [o.description for o in still.objects]
+    Image.fromarray(_resized(still.frames)[0]).save(image)
+    frames = _resized(moving.frames)
     return BenchMedia(
         image=image,
         video16=write_mp4(directory / "video16.mp4", frames[:16], fps=VIDEO_FPS),
-        clip=write_mp4(directory / "clip.mp4", frames[:clip_frames], fps=VIDEO_FPS),
+        clip=write_mp4(directory / "clip.mp4", frames[:clip_length], fps=VIDEO_FPS),
         clip_frames=frames,
-        question=f"Please segment the {names[0]}.",
-        followup=f"Please segment the {names[1 % len(names)]}.",
+        image_questions=_questions(still.objects, "image"),
+        video_questions=_questions(moving.objects, "video"),
     )
+
+
+def _resized(frames: np.ndarray) -> np.ndarray:
+    """Frames at ``MEDIA_SIZE`` (nearest: flat colours stay flat)."""
+    return np.stack([np.asarray(Image.fromarray(f).resize(MEDIA_SIZE, Image.NEAREST)) for f in frames])
+
+
+def _questions(objects: list, medium: str) -> tuple[str, str]:
+    """Two segmentation questions about the first two objects (the only one twice if there is one)."""
+    names = [o.description for o in objects]
+    return tuple(f"Please segment the {names[i % len(names)]} in this {medium}." for i in (0, 1))
 
 
 # ---------------------------------------------------------------------------------------------- turns
@@ -114,7 +121,7 @@ def _conversation(
     engine: Engine, settings: Settings, path: Path, questions: list[str], probe: Probe, directory: Path
 ) -> list[Sample]:
     """Open ``path`` in a new conversation and ask ``questions`` in turn; the first turn includes media decoding."""
-    session = ChatSession(engine, replace(settings))
+    session = ChatSession(engine, settings)
     start = time.perf_counter()
     session.open(path)
     decoded = time.perf_counter() - start
@@ -129,14 +136,14 @@ def first_turn(engine: Engine, settings: Settings, path: Path, question: str, pr
     return lambda: _conversation(engine, settings, path, [question], probe, directory)[0]
 
 
-def followup_turn(engine: Engine, settings: Settings, media: BenchMedia, probe: Probe, directory: Path) -> Run:
-    """A second question on the same image (figure ``first_turn_s``: the first turn, end to end)."""
+def followup_turn(
+    engine: Engine, settings: Settings, path: Path, questions: tuple[str, str], probe: Probe, directory: Path
+) -> Run:
+    """The second question on the same media (figure ``first_turn_s``: the first turn, end to end)."""
 
     def run() -> Sample:
-        (first_s, _, _), (seconds, stages, figures) = _conversation(
-            engine, settings, media.image, [media.question, media.followup], probe, directory
-        )
-        return seconds, stages, {**figures, "first_turn_s": first_s}
+        first, (seconds, stages, figures) = _conversation(engine, settings, path, list(questions), probe, directory)
+        return seconds, stages, {**figures, "first_turn_s": first[0]}
 
     return run
 
@@ -147,9 +154,12 @@ def with_ratio(result: dict) -> dict:
 
 
 def dense_track(engine: Engine, settings: Settings, path: Path, question: str, probe: Probe) -> Run | str:
-    """``track_dense`` through every frame of ``path`` for the objects of a first turn (or why it cannot run)."""
-    session = ChatSession(engine, replace(settings))
-    session.open(path)
+    """``track_dense`` through every frame of ``path`` for the objects of a first turn (or why it cannot run).
+
+    The first turn only has to ground an object, so it samples 2 frames (dense tracking re-encodes every frame).
+    """
+    session = ChatSession(engine, settings)
+    session.open(path, num_frames=2)
     if not session.ask(question).objects:
         return "the model grounded no object to track"
 
@@ -189,9 +199,8 @@ class Sam2Scaling:
     def track(self, frames: int, objects: int, runs: int, warmup: int, previous: dict | None = None) -> dict:
         """Tracking ``objects`` objects over the first ``frames`` frames. Against ``previous`` (the point before,
         along one axis), ``growth_vs_linear`` = time growth / count growth: 1 linear, > 1 worse than linear."""
-        features = FrameFeatures(
-            self.features.frames[:frames], [level[:frames] for level in self.features.backbone_fpn], self.features.vision_pos_enc
-        )
+        encoded = self.features
+        features = FrameFeatures(encoded.frames[:frames], [f[:frames] for f in encoded.backbone_fpn], encoded.vision_pos_enc)
         result = measure(self._timed(lambda: self.sam.track(features, self.size, self.prompts[:objects])), runs, warmup)
         result.update(frames=frames, objects=objects, per_frame_object_s=result["median_s"] / (frames * objects))
         if previous and "median_s" in previous:

@@ -119,6 +119,10 @@ class FrameFeatures:
     def num_frames(self) -> int:
         return self.frames.shape[0]
 
+    def to(self, device: torch.device | str) -> FrameFeatures:
+        """The same features on ``device``."""
+        return FrameFeatures(self.frames.to(device), [f.to(device) for f in self.backbone_fpn], [p.to(device) for p in self.vision_pos_enc])
+
     def select(self, frame_idx: int) -> FrameFeatures:
         """The features of one frame, as a one-frame video (views, no copy)."""
         window = slice(frame_idx, frame_idx + 1)

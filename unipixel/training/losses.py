@@ -34,12 +34,21 @@ class FrameOutput:
     object_score: torch.Tensor
 
 
-def _heads(sam2: UniPixelSAM2, pix_feat: torch.Tensor, high_res: list[torch.Tensor], hidden: torch.Tensor | None):
-    """Prompt encoder + mask decoder with multimask output; ``hidden`` ``(B, k, C)`` only on frame 0."""
+def _heads(
+    sam2: UniPixelSAM2,
+    pix_feat: torch.Tensor,
+    high_res: list[torch.Tensor],
+    hidden: torch.Tensor | None,
+    points: tuple[torch.Tensor, torch.Tensor] | None = None,
+):
+    """Prompt encoder + mask decoder with multimask output; ``hidden`` ``(B, k, C)`` only on frame 0.
+
+    Without ``points`` (coords ``(B, P, 2)``, labels ``(B, P)``) SAM 2 pads with one not-a-point, as at
+    inference."""
     batch = pix_feat.shape[0]
-    points = torch.zeros(batch, 1, 2, device=pix_feat.device)
-    labels = -torch.ones(batch, 1, dtype=torch.int32, device=pix_feat.device)
-    sparse, dense = sam2.sam_prompt_encoder(points=(points, labels), boxes=None, masks=None)
+    if points is None:
+        points = (torch.zeros(batch, 1, 2, device=pix_feat.device), -torch.ones(batch, 1, dtype=torch.int32, device=pix_feat.device))
+    sparse, dense = sam2.sam_prompt_encoder(points=points, boxes=None, masks=None)
     if hidden is not None:
         sparse = torch.cat([sparse, hidden.to(sparse.dtype)], dim=1)
     masks, ious, tokens, object_score = sam2.sam_mask_decoder(
@@ -54,14 +63,18 @@ def _heads(sam2: UniPixelSAM2, pix_feat: torch.Tensor, high_res: list[torch.Tens
     return masks, ious, tokens, object_score
 
 
-def track_for_training(sam2: UniPixelSAM2, frames: torch.Tensor, hidden: torch.Tensor) -> list[FrameOutput]:
+def track_for_training(
+    sam2: UniPixelSAM2, frames: torch.Tensor, hidden: torch.Tensor, clicks: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[list[FrameOutput], FrameOutput | None]:
     """Segment B objects prompted by ``hidden`` ``(B, k, C)`` on frame 0 and track them over ``frames``
-    ``(T, 3, S, S)`` with memory, differentiably. Returns one :class:`FrameOutput` per frame."""
+    ``(T, 3, S, S)`` with memory, differentiably. Returns one :class:`FrameOutput` per frame, and with
+    ``clicks`` (SAM 2 point prompts on frame 0) also the classic point-prompted SAM output of frame 0,
+    an auxiliary task that teaches the image encoder and decoder what an object is."""
     batch, num_frames = hidden.shape[0], frames.shape[0]
     backbone = sam2.forward_image(frames)
     _, feats, pos, sizes = sam2._prepare_backbone_features(backbone)
     memory: dict[str, dict[int, dict]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-    outputs = []
+    outputs, clicked = [], None
     for t in range(num_frames):
         cur = [f[:, t : t + 1].expand(-1, batch, -1) for f in feats]
         cur_pos = [p[:, t : t + 1].expand(-1, batch, -1) for p in pos]
@@ -72,6 +85,9 @@ def track_for_training(sam2: UniPixelSAM2, frames: torch.Tensor, hidden: torch.T
         high_res = [x.permute(1, 2, 0).reshape(batch, x.shape[2], *s) for x, s in zip(cur[:-1], sizes[:-1])]
         masks, ious, tokens, object_score = _heads(sam2, pix_feat, high_res, hidden if t == 0 else None)
         outputs.append(FrameOutput(masks, ious, object_score))
+        if t == 0 and clicks is not None:
+            click_masks, click_ious, _, click_score = _heads(sam2, pix_feat, high_res, None, clicks)
+            clicked = FrameOutput(click_masks, click_ious, click_score)
         if t == num_frames - 1:
             break
         # what inference keeps of this frame: the best-IoU mask (gated by the object score) and its pointer
@@ -86,7 +102,7 @@ def track_for_training(sam2: UniPixelSAM2, frames: torch.Tensor, hidden: torch.T
         mem_features, mem_pos = sam2._encode_new_memory(cur, sizes, high_res_mask, object_score, is_mask_from_pts=False)
         kind = "cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"
         memory[kind][t] = {"maskmem_features": mem_features, "maskmem_pos_enc": mem_pos, "obj_ptr": pointer}
-    return outputs
+    return outputs, clicked
 
 
 def _focal(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
@@ -94,8 +110,7 @@ def _focal(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamm
     prob = logits.sigmoid()
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p_t = prob * target + (1 - prob) * (1 - target)
-    loss = ce * (1 - p_t) ** gamma
-    return (loss * (alpha * target + (1 - alpha) * (1 - target))).mean(-1)
+    return (ce * (1 - p_t) ** gamma * (alpha * target + (1 - alpha) * (1 - target))).mean(-1)
 
 
 def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -104,28 +119,50 @@ def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - (2 * (prob * target).sum(-1) + 1) / (prob.sum(-1) + target.sum(-1) + 1)
 
 
+def frame_losses(out: FrameOutput, target: torch.Tensor, loss_size: int) -> dict[str, torch.Tensor]:
+    """Losses of one frame for ``target`` ``(B, S, S)`` bool, compared at ``loss_size``² and averaged over
+    objects. Candidates: the best one (min loss, as SAM 2) plus the mean of all three, since a shapes
+    target is never ambiguous and an untrained candidate would otherwise stay junk and could win the
+    predicted-IoU vote at inference."""
+    gt = (F.interpolate(target[:, None].float(), size=(loss_size, loss_size), mode="area") > 0.5).flatten(1).float()
+    logits = F.interpolate(out.masks, size=(loss_size, loss_size), mode="bilinear", align_corners=False).flatten(2)
+    present = (gt.sum(-1) > 0).float()  # (B,)
+    gt3 = gt[:, None].expand_as(logits)
+    focal, dice = _focal(logits, gt3), _dice(logits, gt3)  # (B, 3)
+    best = (FOCAL_WEIGHT * focal + DICE_WEIGHT * dice).argmin(dim=-1, keepdim=True)
+    pick = lambda loss: 0.5 * (loss.gather(1, best)[:, 0] + loss.mean(-1))  # noqa: E731
+    pred = (logits > 0).float()
+    actual_iou = (pred * gt3).sum(-1) / ((pred + gt3) > 0).float().sum(-1).clamp(min=1)
+    losses = {
+        "focal": FOCAL_WEIGHT * (pick(focal) * present).mean(),
+        "dice": DICE_WEIGHT * (pick(dice) * present).mean(),
+        "iou": IOU_WEIGHT * ((out.ious - actual_iou).abs().mean(-1) * present).mean(),
+    }
+    if out.object_score is not None:
+        losses["object"] = OBJECT_WEIGHT * F.binary_cross_entropy_with_logits(out.object_score[:, 0], present)
+    return losses
+
+
 def mask_losses(outputs: list[FrameOutput], targets: torch.Tensor, loss_size: int) -> dict[str, torch.Tensor]:
-    """SAM 2 losses for ``targets`` ``(B, T, S, S)`` bool, compared at ``loss_size``² (summed over frames,
-    averaged over objects). Returns focal, dice, iou and object terms (already weighted)."""
-    totals = {"focal": 0.0, "dice": 0.0, "iou": 0.0, "object": 0.0}
-    target_small = F.interpolate(targets.float(), size=(loss_size, loss_size), mode="area") > 0.5
+    """:func:`frame_losses` summed over the frames of ``targets`` ``(B, T, S, S)``."""
+    totals: dict[str, torch.Tensor] = {}
     for t, out in enumerate(outputs):
-        logits = F.interpolate(out.masks, size=(loss_size, loss_size), mode="bilinear", align_corners=False)
-        gt = target_small[:, t].flatten(1).float()  # (B, P)
-        present = (gt.sum(-1) > 0).float()  # (B,)
-        flat = logits.flatten(2)  # (B, 3, P)
-        focal = _focal(flat, gt[:, None].expand_as(flat))
-        dice = _dice(flat, gt[:, None].expand_as(flat))
-        combined = FOCAL_WEIGHT * focal + DICE_WEIGHT * dice
-        best = combined.argmin(dim=-1, keepdim=True)
-        pred = (flat > 0).float()
-        inter = (pred * gt[:, None]).sum(-1)
-        union = ((pred + gt[:, None]) > 0).float().sum(-1).clamp(min=1)
-        actual_iou = inter / union
-        iou_loss = F.l1_loss(out.ious, actual_iou, reduction="none").mean(-1)
-        totals["focal"] = totals["focal"] + FOCAL_WEIGHT * (focal.gather(1, best)[:, 0] * present).mean()
-        totals["dice"] = totals["dice"] + DICE_WEIGHT * (dice.gather(1, best)[:, 0] * present).mean()
-        totals["iou"] = totals["iou"] + IOU_WEIGHT * (iou_loss * present).mean()
-        object_loss = F.binary_cross_entropy_with_logits(out.object_score[:, 0], present)
-        totals["object"] = totals["object"] + OBJECT_WEIGHT * object_loss
+        for key, value in frame_losses(out, targets[:, t], loss_size).items():
+            totals[key] = totals.get(key, 0) + value
     return totals
+
+
+def random_clicks(targets: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random foreground pixel per object on frame 0 of ``targets`` ``(B, T, S, S)`` as a SAM 2 point
+    prompt (label 1; label -1 padding for an object absent from frame 0)."""
+    coords, labels = [], []
+    for mask in targets[:, 0]:
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        if len(xs):
+            k = int(torch.randint(len(xs), (1,), generator=generator))
+            coords.append([float(xs[k]), float(ys[k])])
+            labels.append(1)
+        else:
+            coords.append([0.0, 0.0])
+            labels.append(-1)
+    return torch.tensor(coords)[:, None], torch.tensor(labels, dtype=torch.int32)[:, None]

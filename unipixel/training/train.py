@@ -25,13 +25,15 @@ import torch
 
 from ..configuration import UniPixelConfig
 from ..loading import reference_generation_config, save_checkpoint
+from ..modeling.sam2 import build_sam2
 from ..modeling.unipixel import UniPixelForConditionalGeneration, seg_prompt_positions
 from .data import Encoded, encode, training_sample
-from .losses import mask_losses, track_for_training
+from .losses import frame_losses, mask_losses, random_clicks, track_for_training
 from .tokenizer import build_processor, shapes_corpus, train_tokenizer
 
 SAM2_YAML = Path(__file__).with_name("sam2_shapes.yaml")
 TRAIN_SEED = 0
+CLICK_WEIGHT = 0.5
 
 TASK_MIX = {
     "referring_seg": 0.26, "reasoning_seg": 0.08, "mask_region": 0.16, "ref_caption": 0.14,
@@ -96,14 +98,21 @@ def build_config(tokenizer, sizes: Sizes) -> UniPixelConfig:
 
 
 def build_model(config: UniPixelConfig, sam2_yaml: Path = SAM2_YAML) -> UniPixelForConditionalGeneration:
-    """A freshly initialised model; two initialisations help it start sensibly.
+    """A freshly initialised model.
 
-    ``<|ref|>``'s point encoder shares SAM 2's random-Fourier basis, so positions reach SAM 2 in its own
-    coordinates; ``msk_proj`` starts as a copy of the vision merger MLP (as the reference initialised it),
-    so a ``<|mem|>`` token starts as the mean of the visual tokens under its mask.
+    The Qwen2.5-VL parts keep transformers' initialisation; SAM 2 and the ``<|ref|>`` prompt encoder get
+    their own PyTorch/SAM 2 initialisation back (transformers' ``post_init`` redraws every layer with
+    std 0.02, e.g. SAM 2's unit-scale prompt and mask tokens, which slows SAM 2 down a lot). ``<|ref|>``'s
+    point encoder shares SAM 2's random-Fourier basis, so positions reach SAM 2 in its own coordinates;
+    ``msk_proj`` starts as a copy of the vision merger MLP (as the reference initialised it), so a
+    ``<|mem|>`` token starts as the mean of the visual tokens under its mask.
     """
     model = UniPixelForConditionalGeneration(config, sam2_yaml=sam2_yaml)
     with torch.no_grad():
+        model.sam2.load_state_dict(build_sam2(config.sam2_config, config.sam2_image_size, sam2_yaml).state_dict())
+        for module in model.ref_encoder.modules():
+            if module is not model.ref_encoder and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
         model.ref_encoder.pe_layer.positional_encoding_gaussian_matrix.copy_(
             model.sam2.sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
         )
@@ -112,16 +121,24 @@ def build_model(config: UniPixelConfig, sam2_yaml: Path = SAM2_YAML) -> UniPixel
     return model
 
 
-def training_loss(model: UniPixelForConditionalGeneration, example: Encoded, loss_size: int) -> dict[str, torch.Tensor]:
-    """LM loss plus SAM 2 losses for every ``<|seg|>`` (prompted from the state before it, as inference)."""
+def training_loss(
+    model: UniPixelForConditionalGeneration, example: Encoded, loss_size: int, click_generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """LM loss plus SAM 2 losses for every ``<|seg|>`` (prompted from the state before it, as inference);
+    with ``click_generator`` also the auxiliary point-prompted SAM 2 losses (``click_*``) on frame 0."""
     out = model(**example.inputs, labels=example.labels, return_pre_norm_states=True)
     terms = {"lm": out.loss}
     if example.targets:
+        targets = torch.stack(example.targets)
         positions = seg_prompt_positions(example.inputs["input_ids"][0], model.config.seg_token_id)
         states = out["pre_norm_states"][0, positions]
         hidden = model.seg_head(states).view(len(positions), model.config.sam2_hidden_tokens, -1)
-        outputs = track_for_training(model.sam2, example.frames, hidden)
-        terms.update(mask_losses(outputs, torch.stack(example.targets), loss_size))
+        clicks = random_clicks(targets, click_generator) if click_generator is not None else None
+        outputs, clicked = track_for_training(model.sam2, example.frames, hidden, clicks)
+        terms.update(mask_losses(outputs, targets, loss_size))
+        if clicked is not None:
+            aux = frame_losses(clicked, targets[:, 0], loss_size)
+            terms.update({f"click_{key}": CLICK_WEIGHT * value for key, value in aux.items()})
     return terms
 
 
@@ -143,6 +160,7 @@ def train(args: argparse.Namespace) -> Path:
     """Build, train and save; returns the checkpoint directory."""
     seed_everything(args.seed)
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(shapes_corpus(args.corpus), vocab_size=args.vocab)
@@ -157,6 +175,8 @@ def train(args: argparse.Namespace) -> Path:
     )
     log = (out / "train_log.jsonl").open("a")
     started = time.time()
+    window: dict[str, list[float]] = {}
+    clicks = torch.Generator().manual_seed(args.seed)
     for step in range(args.steps):
         lr = learning_rate(step, args.steps, args.lr, args.warmup)
         for group in optimizer.param_groups:
@@ -164,9 +184,9 @@ def train(args: argparse.Namespace) -> Path:
         totals: dict[str, float] = {}
         for micro in range(args.accumulate):
             index = step * args.accumulate + micro
-            sample = training_sample(TRAIN_SEED, index, TASK_MIX, args.video_prob, args.max_frames)
+            sample = training_sample(TRAIN_SEED, index, args.task_mix, args.video_prob, args.max_frames)
             example = encode(processor, sample, image_size, sam_frames=args.sam_frames)
-            terms = training_loss(model, example, args.loss_size)
+            terms = training_loss(model, example, args.loss_size, clicks if step < args.click_steps else None)
             (sum(terms.values()) / args.accumulate).backward()
             for key, value in terms.items():
                 totals[key] = totals.get(key, 0.0) + float(value.detach()) / args.accumulate
@@ -175,9 +195,13 @@ def train(args: argparse.Namespace) -> Path:
         optimizer.zero_grad(set_to_none=True)
         record = {"step": step + 1, "lr": lr, "elapsed_s": round(time.time() - started, 1), **totals}
         log.write(json.dumps(record) + "\n")
+        for key, value in totals.items():
+            window.setdefault(key, []).append(value)
         if (step + 1) % args.print_every == 0:
             log.flush()
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
+            means = " ".join(f"{key}={np.mean(values):.4f}" for key, values in window.items())
+            print(f"step {step + 1} lr {lr:.2e} {record['elapsed_s']:.0f}s {means}", flush=True)
+            window.clear()
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             save(model, processor, out, args, sizes, step + 1)
     log.close()
@@ -187,7 +211,7 @@ def train(args: argparse.Namespace) -> Path:
 def save(model: UniPixelForConditionalGeneration, processor, out: Path, args: argparse.Namespace, sizes: Sizes, step: int) -> None:
     """Checkpoint in the released format, plus the recipe that produced it."""
     save_checkpoint(model, processor, out)
-    recipe = {"step": step, "args": vars(args), "sizes": asdict(sizes), "task_mix": TASK_MIX}
+    recipe = {"step": step, "args": vars(args), "sizes": asdict(sizes)}
     (out / "training_args.json").write_text(json.dumps(recipe, indent=2) + "\n")
 
 
@@ -202,10 +226,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--video-prob", type=float, default=0.3, help="share of video samples")
     parser.add_argument("--max-frames", type=int, default=8, help="frames of the longest training clip")
     parser.add_argument("--sam-frames", type=int, default=4, help="frames SAM 2 tracks in training")
+    parser.add_argument("--click-steps", type=int, default=10**9, help="steps with the auxiliary point-prompt SAM 2 task")
     parser.add_argument("--loss-size", type=int, default=128, help="resolution of the mask losses")
     parser.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary size (before special tokens)")
     parser.add_argument("--corpus", type=int, default=2000, help="shapes conversations the tokenizer is trained on")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation")
+    parser.add_argument("--task-mix", type=json.loads, default=TASK_MIX, help="JSON {task: weight} of the training stream")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--print-every", type=int, default=50)
     parser.add_argument("--save-every", type=int, default=500)
