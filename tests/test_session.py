@@ -220,6 +220,26 @@ def test_media_features_are_computed_once_per_media(session, engine, monkeypatch
 
 
 # ---------------------------------------------------------------------------------------------- refine and dense
+def test_follow_up_reuses_the_conversation_cache_exactly(engine) -> None:
+    """A text-only follow-up continues from the previous turn's keys/values and answers exactly as a full
+    prefill does; a follow-up with a new visual prompt prefills again (its embedding needs the prefill)."""
+    from unipixel.session import Settings
+
+    replies = {}
+    for reuse in (True, False):
+        current = ChatSession(engine, Settings(reuse_kv=reuse))
+        current.open(TRACK_FRAMES)
+        current.ask(TRACK_QUESTION)
+        replies[reuse] = current.ask("Now track the blue circle.")
+        if reuse:
+            assert replies[reuse].timings["reused_tokens"] > 100
+            prompted = current.ask("What is [0]?", [PointPrompt(20.0, 30.0, frame=1)])
+            assert prompted.timings["reused_tokens"] == 0
+    assert replies[True].raw_text == replies[False].raw_text
+    for a, b in zip(replies[True].objects, replies[False].objects):
+        assert (a.masks == b.masks).mean() > 0.999
+
+
 def test_refine_keeps_tag_and_colour_and_changes_the_refined_frame(session) -> None:
     session.open(TRACK_FRAMES)
     obj = session.ask(TRACK_QUESTION).objects[0]

@@ -5,7 +5,8 @@
 Every scenario runs its warm-up first, then reports the median, min and max of several runs (``--quick``: fewer
 runs and sizes), the process CPU time and the peak RSS (and peak GPU memory on a GPU). Scenarios on ``--model``
 (default: the bundled model, else the golden tiny checkpoint), on procedural-shapes media generated into a
-temporary directory (320x240 image, 16-frame H.264 video, longer clip):
+temporary directory (320x240 image, 16-frame H.264 video, longer clip), asking questions the model answers with a
+mask (``questions`` in the JSON; chosen once, untimed):
 
 * ``model_load`` (``load_engine``) and ``app_ready`` (``app.py`` launched until http://127.0.0.1:PORT/ answers 200);
 * ``image_turn`` / ``video16_turn``: open the media, answer a segmentation question, render the overlay. Stages:
@@ -50,6 +51,7 @@ from .benchmarks.scenarios import (
     dense_track,
     first_turn,
     followup_turn,
+    grounding_questions,
     make_media,
     model_load,
     with_ratio,
@@ -94,7 +96,17 @@ class Suite:
     def __init__(self, media: BenchMedia, directory: Path, log: Callable[[str], None]) -> None:
         self.media, self.directory, self.log = media, directory, log
         self.scenarios: dict[str, dict] = {}
+        self.questions = {"image": media.image_questions[:2], "video": media.video_questions[:2]}
         self.started = time.perf_counter()
+
+    def choose_questions(self, engine: Engine, settings: Settings) -> dict[str, tuple[str, str]]:
+        """Questions ``engine`` answers with masks (kept for every later model: the 3B answers always end in one)."""
+        media = self.media
+        self.questions = {
+            "image": grounding_questions(engine, settings, media.image, media.image_questions),
+            "video": grounding_questions(engine, settings, media.video16, media.video_questions),
+        }
+        return self.questions
 
     def record(self, name: str, make: Callable[[], dict | str]) -> dict:
         """Run ``make`` (a result, or a string saying why the scenario cannot run) and keep its outcome."""
@@ -115,10 +127,10 @@ class Suite:
         """The chat scenarios ``names`` on ``engine``, recorded as ``prefix + name``."""
         media, directory = self.media, self.directory
         with Probe(engine.model, layers) as probe:
-            image, video = (media.image, media.image_questions), (media.video16, media.video_questions)
+            image, video = (media.image, self.questions["image"]), (media.video16, self.questions["video"])
             first = lambda path, questions: first_turn(engine, settings, path, questions[0], probe, directory)  # noqa: E731
             followup = lambda path, questions: followup_turn(engine, settings, path, questions, probe, directory)  # noqa: E731
-            dense = lambda: dense_track(engine, settings, media.clip, media.video_questions[0], probe)  # noqa: E731
+            dense = lambda: dense_track(engine, settings, media.clip, video[1][0], probe)  # noqa: E731
             scenarios = {
                 "image_turn": lambda: measure(first(*image), runs, warmup),
                 "followup_turn": lambda: with_ratio(measure(followup(*image), runs, warmup)),
@@ -183,6 +195,7 @@ def run_suite(model: str, plan: Plan, real_3b: bool = True, log: Callable[[str],
         suite.record("model_load", lambda: measure(model_load(model, device, dtype), plan.runs, plan.warmup))
         suite.record("app_ready", lambda: _app_ready(model, plan.app_runs))
         engine = load_engine(model, device, dtype)
+        document["questions"] = suite.choose_questions(engine, Settings())
         suite.turns(engine, Settings(), plan.runs, plan.warmup, plan.turns)
         suite.scaling(engine.model, plan, plan.runs, plan.warmup)
         if real_3b:
@@ -285,7 +298,8 @@ def summary(result: dict) -> str:
         rate, objects = result["decode_tokens_per_second"], result["objects"]
         parts.append(f"{result['new_tokens']:.0f} tokens at {rate:.1f} tok/s, {objects:.0f} object(s)")
     if "ratio_to_first" in result:
-        parts.append(f"{100 * result['ratio_to_first']:.0f} % of the first turn ({_time(result['first_turn_s'])})")
+        first = f"{_time(result['first_turn_s'])}, {result['first_turn_objects']:.0f} object(s)"
+        parts.append(f"{100 * result['ratio_to_first']:.0f} % of the first turn ({first})")
     if "fps" in result:
         parts.append(f"{result['frames']:.0f} frames at {result['fps']:.2f} frames/s")
     for key, label in (("per_frame_s", "per frame"), ("per_frame_object_s", "per frame and object")):

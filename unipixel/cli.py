@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import math
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -363,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i in range(len(argv) - 2, -1, -1):  # "--point -3,4": argparse takes "-3,4" for an option; glue it on
+        if argv[i] in ("--point", "--box") and re.match(r"-[\d.]", argv[i + 1]):
+            argv[i: i + 2] = [f"{argv[i]}={argv[i + 1]}"]
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # --help, or an argparse error already printed

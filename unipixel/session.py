@@ -31,7 +31,14 @@ from .processing.prompts import (
     refer_mask,
     seg_object_ids,
 )
-from .processing.vision import build_vision_inputs, decode_response, render_chat, sam2_frames, video_grid_thw
+from .processing.vision import (
+    build_vision_inputs,
+    decode_response,
+    render_chat,
+    sam2_frames,
+    tokenize_with_video,
+    video_grid_thw,
+)
 from .rendering import color_for
 
 Prompt = PointPrompt | BoxPrompt | MaskPrompt
@@ -51,6 +58,7 @@ class Settings:
     num_frames: int = 16
     max_new_tokens: int = 512
     dense_cap: int = limits.DENSE_FRAMES
+    reuse_kv: bool = True  # continue follow-up turns from the previous turn's keys/values
 
 
 @dataclass
@@ -152,6 +160,7 @@ class ChatSession:
         self.settings.num_frames = frames
         self.media, self.media_path, self._segment = media, Path(path), (start_s, end_s)
         self._vision = None
+        self._video_grid: dict[str, torch.Tensor] | None = None
         self._features: FrameFeatures | None = None
         self.dense_frames: np.ndarray | None = None
         self.reset()
@@ -166,6 +175,7 @@ class ChatSession:
         self.replies: list[Reply] = []
         self._mem_order: list[int] = []
         self._ref_order: list[int] = []
+        self._kv: tuple[torch.Tensor, object] | None = None  # token ids whose keys/values the cache holds
 
     @property
     def turn(self) -> int:
@@ -186,6 +196,10 @@ class ChatSession:
         """
         self._require_media()
         question = limits.clean_question(question)
+        limits.check_references(question, len(self.regions) + len(prompts))
+        if len(self.objects) >= limits.MAX_OBJECTS:
+            raise ValueError(f"this conversation already has {len(self.objects)} objects (the most one holds); "
+                             "start a new conversation")
         saved = self._snapshot()
         try:
             return self._ask(question, prompts, progress)
@@ -230,6 +244,7 @@ class ChatSession:
         (none when ``segment`` is false: the text then keeps no ``<|seg|>``)."""
         _report(progress, "thinking", 0.0)
         inputs = self._inputs(messages, timings, **input_options)
+        timings["reused_tokens"] = float(self._reuse_cache(inputs))
         tick = time.perf_counter()
         masks = dict(frames=lambda: self._sam_features(progress, timings), frame_size=self._require_media().size)
         out = self.engine.model.generate(
@@ -239,6 +254,7 @@ class ChatSession:
             max_new_tokens=limits.check_new_tokens(self.settings.max_new_tokens),
         )
         timings["generate"] = time.perf_counter() - tick - timings.get("sam2_features", 0.0)
+        self._keep_cache(out)
         new_ids = out.sequences[0, inputs["input_ids"].shape[1]:]
         timings["new_tokens"] = float(len(new_ids))
         raw = decode_response(self.engine.processor, new_ids).replace("<|endoftext|>", "").strip()
@@ -296,8 +312,12 @@ class ChatSession:
                 sam.refine(obj.states, earlier, earlier_clicks)
         on_frame = [c for f, sent in obj.corrections[-1:] if f == frame for c in sent]
         sent = on_frame + [tuple(c) for c in clicks]  # stock replaces a frame's clicks: send them all
+        try:
+            track = sam.refine(obj.states, frame, sent)
+        except BaseException:
+            obj.states = []  # maybe half-updated: rebuilt from the prompt and the kept corrections on next use
+            raise
         obj.corrections.append((frame, sent))
-        track = sam.refine(obj.states, frame, sent)
         obj.masks, obj.iou, obj.presence = _track_arrays(track, 0)
         obj.dense_masks = obj.dense_indices = None
         return obj
@@ -308,6 +328,7 @@ class ChatSession:
         Tracker states are dropped too; :meth:`refine` rebuilds them from the object's prompt and clicks.
         """
         self.engine = None
+        self._kv = None
         if self._vision is not None:
             self._vision = tuple(t.cpu() for t in self._vision)
         if self._features is not None:
@@ -391,10 +412,6 @@ class ChatSession:
         media = self._require_media()
         return video_grid_thw(*media.size, media.num_frames, self.settings.num_frames)
 
-    def _vision_inputs(self, text: str) -> dict:
-        media = self._require_media()
-        return build_vision_inputs(self.engine.processor, media.llm_frames, text, self.settings.num_frames)
-
     def _inputs(
         self,
         messages: list[dict],
@@ -409,15 +426,19 @@ class ChatSession:
         model = self.engine.model
         tick = time.perf_counter()
         text = render_chat(self.engine.processor, messages, add_generation_prompt=add_generation_prompt)
-        inputs = self._vision_inputs(text)
-        timings["prepare"] = timings.get("prepare", 0.0) + time.perf_counter() - tick
         if self._vision is None:
+            inputs = build_vision_inputs(self.engine.processor, media.llm_frames, text, self.settings.num_frames)
+            timings["prepare"] = timings.get("prepare", 0.0) + time.perf_counter() - tick
             tick = time.perf_counter()
             with torch.inference_mode():
                 self._vision = model.encode_video(
                     inputs["pixel_values_videos"].to(model.device), inputs["video_grid_thw"].to(model.device)
                 )
+            self._video_grid = {k: inputs[k] for k in ("video_grid_thw", "second_per_grid_ts")}
             timings["vision_encoder"] = time.perf_counter() - tick
+        else:  # vision features cached: only the text needs tokenising
+            inputs = {**tokenize_with_video(self.engine.processor, text, self._grid()), **self._video_grid}
+            timings["prepare"] = timings.get("prepare", 0.0) + time.perf_counter() - tick
         keys = ("input_ids", "attention_mask", "video_grid_thw", "second_per_grid_ts")
         kwargs = {k: inputs[k].to(model.device) for k in keys}
         kwargs["video_features"] = self._vision
@@ -430,6 +451,39 @@ class ChatSession:
             ref = ref_inputs(prompts, media.size, self.engine.sam_image_size, media.num_frames)
             kwargs.update(point_coords=ref.point_coords, point_labels=ref.point_labels, point_frames=ref.point_frames)
         return kwargs
+
+    def _reuse_cache(self, inputs: dict) -> int:
+        """Continue from the previous turn's keys/values where the new prompt starts with the same tokens.
+
+        Exact reuse only: the cache is cut back to the longest common token prefix, and only when the rest
+        holds plain text (no video, ``<|ref|>`` or ``<|mem|>`` tokens, whose embeddings need the prefill).
+        The pixel inputs are then dropped: what they fed is already in the cache. Returns the reused length.
+        """
+        if self._kv is None or not self.settings.reuse_kv:
+            return 0
+        previous, cache = self._kv
+        self._kv = None  # the cache is handed to this turn's generation
+        ids = inputs["input_ids"][0]
+        n = min(len(previous), len(ids) - 1)
+        differs = (previous[:n].to(ids.device) != ids[:n]).nonzero()
+        common = int(differs[0]) if len(differs) else n
+        config = self.engine.model.config
+        special = torch.tensor([config.video_token_id, config.ref_token_id, config.mem_token_id], device=ids.device)
+        if common == 0 or torch.isin(ids[common:], special).any():
+            return 0
+        if cache.get_seq_length() > common:
+            cache.crop(common - cache.get_seq_length())
+        for key in ("video_features", "refer_mask", "point_coords", "point_labels", "point_frames"):
+            inputs.pop(key, None)
+        inputs["cache"] = cache
+        return common
+
+    def _keep_cache(self, out) -> None:
+        """Remember the keys/values of this turn's tokens for the next turn (all but the last token)."""
+        sequence = out.sequences[0]
+        cache = getattr(out, "cache", None)
+        if self.settings.reuse_kv and cache is not None and cache.get_seq_length() == len(sequence) - 1:
+            self._kv = (sequence[:-1].clone(), cache)
 
     def _sam_features(self, progress: Progress | None, timings: dict) -> FrameFeatures:
         """SAM 2 image features of the sampled frames, computed on first need and kept for the media."""

@@ -42,7 +42,7 @@ TOOLS = (TOOL_CLICK, TOOL_SCRIBBLE, TOOL_REFINE_POS, TOOL_REFINE_NEG)
 DRAG_PX = 6              # a gesture shorter than this (screen pixels) is a click
 DISPLAY_MAX_SIDE = 1024  # sketch / result images are downscaled to this for the page
 VIDEO_MAX_SIDE = 960     # overlay videos are downscaled to this
-MAX_TURNS = 24           # turns per conversation (each one grows the context)
+MAX_TURNS = limits.MAX_TURNS  # turns per conversation (documented in limits)
 STAGES = {  # session stage -> (start, end) of the overall bar, label
     "decoding": (0.0, 0.1, "Decoding media"),
     "thinking": (0.1, 0.45, "Thinking"),
@@ -270,8 +270,8 @@ def settings_from_json(data: str | Mapping | None) -> dict:
     turns = out["previous_turns"]
     if not isinstance(turns, list) or not all(isinstance(t, Mapping) and isinstance(t.get("question"), str) for t in turns):
         raise ValueError('settings.previous_turns must be a list of {"question": ..., "prompts": [...]}')
-    if len(turns) >= MAX_TURNS:
-        raise ValueError(f"at most {MAX_TURNS - 1} previous turns")
+    if len(turns) >= limits.MAX_TURNS:
+        raise ValueError(f"at most {limits.MAX_TURNS - 1} previous turns; start a new conversation")
     return out
 
 
@@ -551,7 +551,7 @@ class Visitor:
         self._files.append(path)
         return path
 
-    def prune_files(self, keep: int = 24) -> None:
+    def prune_files(self, keep: int = limits.VISITOR_FILES_KEPT) -> None:
         """Delete all but the newest ``keep`` generated files (Gradio keeps its own copies)."""
         while len(self._files) > keep:
             self._files.pop(0).unlink(missing_ok=True)
@@ -857,6 +857,7 @@ CSS = """
 #examples .caption-label { font-size: .78em; max-width: 100%; left: 0; right: 0; white-space: normal; text-align: center; }
 .status { font-size: .9em; padding: .2em .1em; }
 .status.warn { color: #b45309; font-weight: 600; }
+.status.notice { color: #b45309; }
 .hint { font-size: .85em; opacity: .8; }
 .strip-hint { padding: 4px 8px 0; }
 #examples_title h3 { margin: .6em 0 0; }

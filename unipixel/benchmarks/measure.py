@@ -113,7 +113,7 @@ class Probe:
 
     def total(self, name: str) -> float:
         """Seconds spent in ``name`` since the last reset."""
-        return sum(self._seconds(start, end) for start, end in self.spans.get(name, []))
+        return sum((self._seconds(start, end) for start, end in self.spans.get(name, [])), 0.0)
 
     def generation(self) -> tuple[float, float, int]:
         """``(prefill seconds, decode seconds, decode steps)`` of the model calls since the last reset."""

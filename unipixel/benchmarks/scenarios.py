@@ -34,14 +34,14 @@ OVERLAY_FPS = 2.0
 @dataclass(frozen=True)
 class BenchMedia:
     """Generated inputs: a still image, a 16-frame video, a longer clip for dense tracking (the video's first frames
-    are the clip's), and for each two questions that segment two of its objects."""
+    are the clip's), and segmentation questions about their objects (see :func:`grounding_questions`)."""
 
     image: Path
     video16: Path
     clip: Path
     clip_frames: np.ndarray
-    image_questions: tuple[str, str]
-    video_questions: tuple[str, str]
+    image_questions: tuple[str, ...]
+    video_questions: tuple[str, ...]
 
 
 def make_media(directory: Path, clip_length: int, seed: int = 7) -> BenchMedia:
@@ -67,10 +67,27 @@ def _resized(frames: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(f).resize(MEDIA_SIZE, Image.NEAREST)) for f in frames])
 
 
-def _questions(objects: list, medium: str) -> tuple[str, str]:
-    """Two segmentation questions about the first two objects (the only one twice if there is one)."""
+def _questions(objects: list, medium: str) -> tuple[str, ...]:
+    """Segmentation questions about each object, in two of the training templates."""
     names = [o.description for o in objects]
-    return tuple(f"Please segment the {names[i % len(names)]} in this {medium}." for i in (0, 1))
+    return tuple(f"Please segment the {name} in this {medium}." for name in names) + tuple(
+        f"Segment the {name} in the {medium}." for name in names
+    )
+
+
+def grounding_questions(engine: Engine, settings: Settings, path: Path, candidates: tuple[str, ...]) -> tuple[str, str]:
+    """The first two ``candidates`` the model answers with a mask on ``path`` (each asked in a new conversation),
+    so that every turn measures segmentation whatever the checkpoint; padded with the first candidates."""
+    grounded: list[str] = []
+    for question in candidates:
+        session = ChatSession(engine, settings)
+        session.open(path)
+        if session.ask(question).objects:
+            grounded.append(question)
+            if len(grounded) == 2:
+                break
+    chosen = grounded + [q for q in candidates if q not in grounded]
+    return chosen[0], chosen[1]
 
 
 # ---------------------------------------------------------------------------------------------- turns
@@ -143,7 +160,7 @@ def followup_turn(
 
     def run() -> Sample:
         first, (seconds, stages, figures) = _conversation(engine, settings, path, list(questions), probe, directory)
-        return seconds, stages, {**figures, "first_turn_s": first[0]}
+        return seconds, stages, {**figures, "first_turn_s": first[0], "first_turn_objects": first[2]["objects"]}
 
     return run
 
@@ -156,11 +173,15 @@ def with_ratio(result: dict) -> dict:
 def dense_track(engine: Engine, settings: Settings, path: Path, question: str, probe: Probe) -> Run | str:
     """``track_dense`` through every frame of ``path`` for the objects of a first turn (or why it cannot run).
 
-    The first turn only has to ground an object, so it samples 2 frames (dense tracking re-encodes every frame).
+    The first turn only has to ground an object: it samples 2 frames when that suffices (dense tracking re-encodes
+    every frame anyway), else as many as the app.
     """
-    session = ChatSession(engine, settings)
-    session.open(path, num_frames=2)
-    if not session.ask(question).objects:
+    for frames in (2, settings.num_frames):
+        session = ChatSession(engine, settings)
+        session.open(path, num_frames=frames)
+        if session.ask(question).objects:
+            break
+    else:
         return "the model grounded no object to track"
 
     def run() -> Sample:

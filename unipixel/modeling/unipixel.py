@@ -365,11 +365,14 @@ class UniPixelForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         The pre-norm hidden state of each processed position is captured during decoding (locally, no model
         state), so a generated ``<|seg|>`` gets its mask from the same state the reference used: the one at
         the position that predicted it. Returns :class:`UniPixelGenerateOutput` when ``frames`` is given;
-        ``prompt_masks=False`` skips the ``<|seg|>`` tokens already in the prompt (earlier turns).
+        ``prompt_masks=False`` skips the ``<|seg|>`` tokens already in the prompt (earlier turns); with a reused
+        ``cache`` the prompt tokens it already holds have no states here, so their masks are skipped too.
         """
         if frames is None:
             return super().generate(*args, **kwargs)
         frames, frame_size = _unwrap_single(frames), _unwrap_single(frame_size)
+        cache = kwargs.get("cache")
+        offset = cache.get_seq_length() if cache is not None else 0  # positions already in a reused cache
         states: list[torch.Tensor] = []
         hook = self.model.language_model.norm.register_forward_pre_hook(lambda _m, a: states.append(a[0][0]))
         try:
@@ -380,9 +383,9 @@ class UniPixelForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         hidden = torch.cat(states, dim=0)
         prompt_length = kwargs["input_ids"].shape[1] if "input_ids" in kwargs else args[0].shape[1]
         positions = seg_prompt_positions(out.sequences[0], self.config.seg_token_id)
-        first = 0 if prompt_masks else prompt_length - 1
-        positions = positions[(positions >= first) & (positions < hidden.shape[0])]
-        segmentation = self.segment(hidden[positions], frames, frame_size)
+        first = max(offset, 0 if prompt_masks else prompt_length - 1)
+        positions = positions[(positions >= first) & (positions < offset + hidden.shape[0])]
+        segmentation = self.segment(hidden[positions - offset], frames, frame_size)
         return UniPixelGenerateOutput(**{**out, "masks": segmentation.masks, "segmentation": segmentation})
 
 

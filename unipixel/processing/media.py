@@ -26,17 +26,8 @@ import av
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
-MAX_IMAGE_PIXELS = 50_000_000
-"""Largest still image (width × height) accepted; guards against decompression bombs."""
-
-MAX_VIDEO_FRAME_PIXELS = 4096 * 4096
-"""Largest video frame (width × height) accepted."""
-
-MAX_FRAMES = 256
-"""Most frames ``load_media`` keeps in memory (the sample count, or every frame when not sampling)."""
-
-MAX_ITER_FRAMES = 18_000
-"""Default cap on the frames ``iter_frames`` streams (10 minutes at 30 fps)."""
+# The limits are documented in ``unipixel.limits``; imported by name (tests patch them in this module).
+from ..limits import MAX_FRAMES, MAX_IMAGE_PIXELS, MAX_ITER_FRAMES, MAX_VIDEO_FRAME_PIXELS, MAX_VIDEO_SECONDS
 
 FRAME_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 """File suffixes (any case) taken as frames when a directory is given as a video."""
@@ -160,7 +151,15 @@ def iter_frames(
 
 
 # ---------------------------------------------------------------------------------------------- probing
-_UNREADABLE = "could not read the file as an image or a video"
+_RESAVE = "save or export it again and upload the new file"
+_SMALLER = f"resize it to at most {MAX_IMAGE_PIXELS // 1_000_000} megapixels"
+
+
+def _one_line(error: object) -> str:
+    return " ".join(str(error).split())
+
+
+_UNREADABLE = "could not read the file as an image or a video; use a JPEG, PNG, WebP or GIF image or an MP4, WebM or MOV video"
 
 
 def _probe(path: Path) -> _Source:
@@ -169,7 +168,7 @@ def _probe(path: Path) -> _Source:
     if not path.is_file():
         raise MediaError(f"file not found: {path.name}")
     if path.stat().st_size == 0:
-        raise MediaError("the file is empty")
+        raise MediaError("the file is empty; upload an image or a video")
     return _probe_image(path) or _probe_video(path)
 
 
@@ -184,9 +183,9 @@ def _probe_image(path: Path) -> _Source | None:
     except UnidentifiedImageError:
         return None
     except Image.DecompressionBombError:
-        raise MediaError(f"image too large (more than {MAX_IMAGE_PIXELS} pixels)") from None
+        raise MediaError(f"image too large (more than {MAX_IMAGE_PIXELS} pixels); {_SMALLER}") from None
     except (OSError, EOFError, SyntaxError) as error:  # what Pillow raises for damaged files
-        raise MediaError(f"the image file is damaged ({error})") from None
+        raise MediaError(f"the image file is damaged ({_one_line(error)}); {_RESAVE}") from None
     starts = (np.concatenate([[0], np.cumsum(durations[:-1])]) / 1000).tolist()
     total_s = sum(durations) / 1000
     return _Source("animated", path, len(durations), starts, len(durations) / total_s if total_s else None)
@@ -217,25 +216,36 @@ def _probe_video(path: Path) -> _Source:
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
         if width * height > MAX_VIDEO_FRAME_PIXELS:
-            raise MediaError(f"video frames too large ({width}×{height} > {MAX_VIDEO_FRAME_PIXELS} pixels)")
+            raise MediaError(f"video frames too large ({width}×{height} > {MAX_VIDEO_FRAME_PIXELS} pixels); "
+                             "scale the video down to 4K or less")
+        time_base = stream.time_base or Fraction(1)
+        if container.duration and container.duration / av.time_base > MAX_VIDEO_SECONDS:
+            raise MediaError(_too_long(container.duration / av.time_base))
         stamps, packets = [], 0
+        longest = float(MAX_VIDEO_SECONDS / time_base)  # in stream time units: bounds demuxing a lying header too
         try:  # demux only (no decoding): frame count and presentation times, also for variable frame rates
             for packet in container.demux(stream):
                 time = packet.pts if packet.pts is not None else packet.dts
                 packets += time is not None
                 if time is not None and packet.size and not packet.is_discard:
                     stamps.append(time)
+                    if time - stamps[0] > longest:
+                        raise MediaError(_too_long(float((time - stamps[0]) * time_base)))
         except av.FFmpegError as error:
-            raise MediaError(f"the video is damaged ({error.strerror})") from None
+            raise MediaError(f"the video is damaged ({error.strerror}); {_RESAVE}") from None
         if packets < stream.frames:  # the container's frame count (0 when unknown) is not all there
-            raise MediaError(f"the video is truncated ({packets} of {stream.frames} frames present)")
+            raise MediaError(f"the video is truncated ({packets} of {stream.frames} frames present); upload the complete file")
         stamps.sort()
         rate = stream.average_rate or stream.guessed_rate
-        time_base = stream.time_base or Fraction(1)
     if not stamps:
         raise MediaError("the video has no frames")
     timestamps = [float((t - stamps[0]) * time_base) for t in stamps]
     return _Source("video", path, len(stamps), timestamps, float(rate) if rate else None)
+
+
+def _too_long(seconds: float) -> str:
+    return (f"the video is too long ({seconds / 3600:.1f} h; at most {MAX_VIDEO_SECONDS / 3600:g} h); "
+            "cut it shorter and upload it again")
 
 
 def _open_video(path: Path) -> av.container.InputContainer:
@@ -283,11 +293,11 @@ def _decode(source: _Source, wanted: Sequence[int]) -> Iterator[tuple[int, Image
                     if target is None:
                         break
         except (av.FFmpegError, OSError, EOFError) as error:
-            raise MediaError(f"the file is damaged ({getattr(error, 'strerror', None) or error})") from None
+            raise MediaError(f"the file is damaged ({_one_line(getattr(error, 'strerror', None) or error)}); {_RESAVE}") from None
         finally:
             frames.close()
         if target is not None:
-            raise MediaError(f"the file is truncated or damaged (frame {target + 1} of {source.num_frames} missing)")
+            raise MediaError(f"the file is truncated or damaged (frame {target + 1} of {source.num_frames} missing); {_RESAVE}")
 
 
 def _animation_frames(path: Path) -> Iterator[Callable[[], Image.Image]]:
@@ -308,7 +318,7 @@ def _video_frames(path: Path) -> Iterator[Callable[[], Image.Image]]:
 
 def _check_image_size(size: tuple[int, int]) -> None:
     if size[0] * size[1] > MAX_IMAGE_PIXELS:
-        raise MediaError(f"image too large ({size[0]}×{size[1]} > {MAX_IMAGE_PIXELS} pixels)")
+        raise MediaError(f"image too large ({size[0]}×{size[1]} > {MAX_IMAGE_PIXELS} pixels); {_SMALLER}")
 
 
 def _load_image(path: Path) -> Image.Image:
@@ -319,9 +329,9 @@ def _load_image(path: Path) -> Image.Image:
     except UnidentifiedImageError:
         raise MediaError(f"could not read {path.name} as an image") from None
     except Image.DecompressionBombError:
-        raise MediaError(f"image too large (more than {MAX_IMAGE_PIXELS} pixels)") from None
+        raise MediaError(f"image too large (more than {MAX_IMAGE_PIXELS} pixels); {_SMALLER}") from None
     except (OSError, EOFError, SyntaxError) as error:
-        raise MediaError(f"the image file is truncated or damaged ({error})") from None
+        raise MediaError(f"the image file is truncated or damaged ({_one_line(error)}); {_RESAVE}") from None
 
 
 def _loaded(image: Image.Image) -> Image.Image:

@@ -127,6 +127,22 @@ def build_vision_inputs(
     return {key: outputs[key] for key in VIDEO_OUTPUT_KEYS}
 
 
+def tokenize_with_video(processor: Qwen2_5_VLProcessor, text: str, grid_thw: Sequence[int]) -> dict[str, torch.Tensor]:
+    """``input_ids``/``attention_mask`` as :func:`build_vision_inputs` gives them, without touching pixels.
+
+    For follow-up turns whose vision features are cached: ``<|video_pad|>`` is expanded to one token per
+    merged patch of the ``(t, h, w)`` grid, then the text is tokenised as the processor does.
+    """
+    if text.count(VIDEO_PLACEHOLDER) != 1:
+        raise ValueError(f"the text must hold exactly one {VIDEO_PLACEHOLDER}")
+    t, h, w = (int(v) for v in grid_thw)
+    merge = processor.video_processor.merge_size
+    pad = processor.video_token
+    expanded = text.replace(pad, pad * (t * h * w // merge**2))
+    tokens = processor.tokenizer([expanded], return_tensors="pt")
+    return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+
 def load_processor(path_or_dir: str | Path) -> Qwen2_5_VLProcessor:
     """The Qwen2.5-VL processor of a checkpoint directory (tokenizer with ``<|ref|>``/``<|seg|>``/``<|mem|>``).
 

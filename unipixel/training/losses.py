@@ -8,8 +8,10 @@ memory-conditioned (stock ``_prepare_memory_conditioned_features``) with no prom
 chosen mask is encoded into memory (stock ``_encode_new_memory``) with the object pointer, as at inference.
 
 Losses follow SAM 2's training recipe (``MultiStepMultiMasksAndIous``): per frame, focal (x20) + dice on
-each of the 3 candidate masks with the minimum taken, L1 between predicted and actual IoU, and a BCE on
-the object-score logit; mask and IoU terms only where the object is present.
+the 3 candidate masks (the best one, as SAM 2, averaged with the mean of all three, see
+:func:`frame_losses`), L1 between predicted and actual IoU of every candidate, and a BCE on the
+object-score logit; mask and IoU terms only where the object is present. An auxiliary classic SAM task
+(a random click on the target, frame 0) shares the image features and the decoder.
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ def _heads(
     inference."""
     batch = pix_feat.shape[0]
     if points is None:
-        points = (torch.zeros(batch, 1, 2, device=pix_feat.device), -torch.ones(batch, 1, dtype=torch.int32, device=pix_feat.device))
+        device = pix_feat.device
+        points = (torch.zeros(batch, 1, 2, device=device), -torch.ones(batch, 1, dtype=torch.int32, device=device))
     sparse, dense = sam2.sam_prompt_encoder(points=points, boxes=None, masks=None)
     if hidden is not None:
         sparse = torch.cat([sparse, hidden.to(sparse.dtype)], dim=1)
@@ -133,14 +136,12 @@ def frame_losses(out: FrameOutput, target: torch.Tensor, loss_size: int) -> dict
     pick = lambda loss: 0.5 * (loss.gather(1, best)[:, 0] + loss.mean(-1))  # noqa: E731
     pred = (logits > 0).float()
     actual_iou = (pred * gt3).sum(-1) / ((pred + gt3) > 0).float().sum(-1).clamp(min=1)
-    losses = {
+    return {
         "focal": FOCAL_WEIGHT * (pick(focal) * present).mean(),
         "dice": DICE_WEIGHT * (pick(dice) * present).mean(),
         "iou": IOU_WEIGHT * ((out.ious - actual_iou).abs().mean(-1) * present).mean(),
+        "object": OBJECT_WEIGHT * F.binary_cross_entropy_with_logits(out.object_score[:, 0], present),
     }
-    if out.object_score is not None:
-        losses["object"] = OBJECT_WEIGHT * F.binary_cross_entropy_with_logits(out.object_score[:, 0], present)
-    return losses
 
 
 def mask_losses(outputs: list[FrameOutput], targets: torch.Tensor, loss_size: int) -> dict[str, torch.Tensor]:

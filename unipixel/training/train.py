@@ -156,6 +156,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_optimizer(model: UniPixelForConditionalGeneration, lr: float) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms, embeddings and SAM 2's learned tokens/encodings."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (decay if param.ndim >= 2 and "embed" not in name and "tokens" not in name else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98))
+
+
 def train(args: argparse.Namespace) -> Path:
     """Build, train and save; returns the checkpoint directory."""
     seed_everything(args.seed)
@@ -163,48 +172,37 @@ def train(args: argparse.Namespace) -> Path:
     torch.set_flush_denormal(True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(shapes_corpus(args.corpus), vocab_size=args.vocab)
-    processor = build_processor(tokenizer)
+    processor = build_processor(train_tokenizer(shapes_corpus(args.corpus), vocab_size=args.vocab))
     sizes = Sizes()
-    model = build_model(build_config(tokenizer, sizes)).train()
-    image_size = model.config.sam2_image_size
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98)
-    )
-    log = (out / "train_log.jsonl").open("a")
-    started = time.time()
-    window: dict[str, list[float]] = {}
+    model = build_model(build_config(processor.tokenizer, sizes)).train()
+    optimizer = make_optimizer(model, args.lr)
     clicks = torch.Generator().manual_seed(args.seed)
-    for step in range(args.steps):
-        lr = learning_rate(step, args.steps, args.lr, args.warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        totals: dict[str, float] = {}
-        for micro in range(args.accumulate):
-            index = step * args.accumulate + micro
-            sample = training_sample(TRAIN_SEED, index, args.task_mix, args.video_prob, args.max_frames)
-            example = encode(processor, sample, image_size, sam_frames=args.sam_frames)
-            terms = training_loss(model, example, args.loss_size, clicks if step < args.click_steps else None)
-            (sum(terms.values()) / args.accumulate).backward()
-            for key, value in terms.items():
-                totals[key] = totals.get(key, 0.0) + float(value.detach()) / args.accumulate
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        record = {"step": step + 1, "lr": lr, "elapsed_s": round(time.time() - started, 1), **totals}
-        log.write(json.dumps(record) + "\n")
-        for key, value in totals.items():
-            window.setdefault(key, []).append(value)
-        if (step + 1) % args.print_every == 0:
-            log.flush()
-            means = " ".join(f"{key}={np.mean(values):.4f}" for key, values in window.items())
-            print(f"step {step + 1} lr {lr:.2e} {record['elapsed_s']:.0f}s {means}", flush=True)
-            window.clear()
-        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            save(model, processor, out, args, sizes, step + 1)
-    log.close()
+    window: dict[str, list[float]] = {}
+    started = time.time()
+    with (out / "train_log.jsonl").open("w") as log:
+        for step in range(args.steps):
+            lr = learning_rate(step, args.steps, args.lr, args.warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for micro in range(args.accumulate):
+                sample = training_sample(TRAIN_SEED, step * args.accumulate + micro, args.task_mix, args.video_prob, args.max_frames)
+                example = encode(processor, sample, model.config.sam2_image_size, sam_frames=args.sam_frames)
+                terms = training_loss(model, example, args.loss_size, clicks)
+                (sum(terms.values()) / args.accumulate).backward()
+                for key, value in terms.items():
+                    window.setdefault(key, []).append(float(value.detach()))
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if (step + 1) % args.log_every == 0:
+                record = {"step": step + 1, "lr": lr, "elapsed_s": round(time.time() - started, 1)}
+                record.update({key: round(float(np.mean(values)), 5) for key, values in window.items()})
+                window.clear()
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                print(" ".join(f"{key}={value}" for key, value in record.items()), flush=True)
+            if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+                save(model, processor, out, args, sizes, step + 1)
     return out
 
 
@@ -218,7 +216,7 @@ def save(model: UniPixelForConditionalGeneration, processor, out: Path, args: ar
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="checkpoint directory")
-    parser.add_argument("--steps", type=int, default=9000, help="optimiser steps")
+    parser.add_argument("--steps", type=int, default=12000, help="optimiser steps")
     parser.add_argument("--accumulate", type=int, default=1, help="conversations per optimiser step")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=300, help="warm-up steps")
@@ -226,15 +224,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--video-prob", type=float, default=0.3, help="share of video samples")
     parser.add_argument("--max-frames", type=int, default=8, help="frames of the longest training clip")
     parser.add_argument("--sam-frames", type=int, default=4, help="frames SAM 2 tracks in training")
-    parser.add_argument("--click-steps", type=int, default=10**9, help="steps with the auxiliary point-prompt SAM 2 task")
     parser.add_argument("--loss-size", type=int, default=128, help="resolution of the mask losses")
     parser.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary size (before special tokens)")
     parser.add_argument("--corpus", type=int, default=2000, help="shapes conversations the tokenizer is trained on")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation")
     parser.add_argument("--task-mix", type=json.loads, default=TASK_MIX, help="JSON {task: weight} of the training stream")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--print-every", type=int, default=50)
-    parser.add_argument("--save-every", type=int, default=500)
+    parser.add_argument("--log-every", type=int, default=100, help="steps per line of train_log.jsonl (mean losses)")
+    parser.add_argument("--save-every", type=int, default=500, help="steps between checkpoints (same directory)")
     return parser.parse_args(argv)
 
 
