@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import ctypes
 import functools
 import html
 import json
@@ -39,20 +40,34 @@ TMP_ROOT = Path(tempfile.gettempdir()) / f"unipixel-app-{os.getpid()}"  # create
 atexit.register(shutil.rmtree, TMP_ROOT, ignore_errors=True)
 ENGINE = None  # set by load(); one model for every visitor
 VISITORS: "weakref.WeakValueDictionary[str, ui.Visitor]" = weakref.WeakValueDictionary()
-MAX_LIVE_SESSIONS = int(os.environ.get("UNIPIXEL_MAX_SESSIONS", 32))  # decoded media held in memory at once
 
 
 def load(model: str | None):
-    """Load the engine once (on ZeroGPU straight to "cuda": the spaces package defers the move)."""
+    """Load the engine once (on ZeroGPU straight to "cuda": the spaces package defers the move).
+
+    A named model that cannot be loaded falls back to the bundled demo model; the notice says why (badge, status).
+    """
     global ENGINE
-    from unipixel.engine import load_engine
+    from unipixel.engine import BUNDLED_NAMES, BUNDLED_NOTICE, load_engine
+    from unipixel.loading import CheckpointError
 
     if ZERO_GPU:
         import torch
 
-        ENGINE = load_engine(model, device="cuda", dtype=torch.bfloat16)
+        options = dict(device="cuda", dtype=torch.bfloat16)
     else:
-        ENGINE = load_engine(model)
+        options = {}
+    try:
+        ENGINE = load_engine(model, **options)
+    except CheckpointError as err:
+        if model is None or model in BUNDLED_NAMES:
+            raise
+        log.warning("could not load %s (%s); falling back to the %s", model, err, BUNDLED_NOTICE)
+        try:
+            ENGINE = load_engine("bundled", **options)
+        except CheckpointError as bundled_err:
+            raise CheckpointError(f"{model} unavailable ({err}) and the bundled model too ({bundled_err})") from bundled_err
+        ENGINE.notice = f"{BUNDLED_NOTICE} ({model} unavailable: {err})"
     log.info("serving model: %s%s", "bundled demo model" if ENGINE.is_bundled else ENGINE.name,
                 f" ({ENGINE.notice})" if ENGINE.notice else "")
     return ENGINE
@@ -69,7 +84,7 @@ def _ask_seconds(session, question, prompts, dense, progress=None) -> int:
     """ZeroGPU budget of one turn: generation + SAM 2 on the sampled frames (+ dense tracking of the segment)."""
     media = session.media
     segment = media.frame_indices[-1] - media.frame_indices[0] + 1
-    return int(min(180, 30 + 2 * media.num_frames + 3 * len(prompts) + (0.25 * min(segment, limits.DENSE_FRAMES) if dense else 0)))
+    return int(min(limits.MAX_GPU_SECONDS, 30 + 2 * media.num_frames + 3 * len(prompts) + (0.25 * min(segment, limits.DENSE_FRAMES) if dense else 0)))
 
 
 def _attach(session):
@@ -93,14 +108,20 @@ def _detach(session):
 
 @spaces.GPU(duration=_ask_seconds)
 def gpu_ask(session, question, prompts, dense, progress=None):
-    """One turn (plus dense tracking of its new objects). Returns the session: on ZeroGPU it comes back pickled."""
+    """One turn (plus dense tracking of its new objects). Returns the session (on ZeroGPU it comes back pickled)
+    and ``(reply, None or why dense tracking failed)``: a dense tracking failure does not undo the answer."""
     _attach(session)
     if progress is None and ZERO_GPU:  # spaces forwards the caller's progress context to its worker
         progress = gr.Progress()
     reply = session.ask(question, prompts, progress=_reporter(progress))
+    dense_error = None
     if dense and reply.objects:
-        session.track_dense([o.tag for o in reply.objects], progress=_reporter(progress))
-    return _detach(session), reply
+        try:
+            session.track_dense([o.tag for o in reply.objects], progress=_reporter(progress))
+        except Exception as err:  # noqa: BLE001 - the answer stands; the visitor is told dense tracking failed
+            log.exception("dense tracking failed")
+            dense_error = dense_failure(err)
+    return _detach(session), (reply, dense_error)
 
 
 @spaces.GPU(duration=60)
@@ -123,6 +144,75 @@ def _run(fn, session, *args):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _failure(err: BaseException) -> tuple[str, str]:
+    """``(kind, text)`` of a failed model call: kind "oom", "timeout", "zerogpu" (a message from ``spaces`` meant
+    for visitors) or "error"; text is one line. Frees cached GPU memory after an out-of-memory error."""
+    import torch
+
+    text = " ".join(str(getattr(err, "message", None) or err).split()) or type(err).__name__  # gr.Error: .message
+    title = str(getattr(err, "title", "") or "")
+    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in text.lower():
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return "oom", text
+    if "GPU task aborted" in text or any(w in f"{title} {text}".lower() for w in ("timeout", "timed out", "time out")):
+        return "timeout", text
+    if title.startswith("ZeroGPU"):
+        return "zerogpu", f"{title}: {text[:300]}"
+    return "error", f"{type(err).__name__}: {text[:200]}"
+
+
+def model_failure(err: BaseException) -> str:
+    """One line for a model call that failed (the traceback goes to the log, never to the visitor): what
+    happened and what to do. The conversation and the media are kept, so the visitor can simply ask again."""
+    kind, text = _failure(err)
+    if kind == "oom":
+        return ("The GPU ran out of memory on this turn. Try fewer sampled frames, a shorter segment or a smaller "
+                "file, then ask again.")
+    if kind == "timeout":
+        return ("The GPU time limit ran out on this turn. Try fewer sampled frames, a shorter segment or no dense "
+                "tracking, then ask again.")
+    if kind == "zerogpu":
+        return text
+    return f"The model failed on this turn ({text}). Your conversation is kept; ask again."
+
+
+def dense_failure(err: BaseException) -> str:
+    """One line for dense tracking that failed after the answer was given (the answer is kept)."""
+    kind, text = _failure(err)
+    why = {"oom": "the GPU ran out of memory", "timeout": "the GPU time limit ran out"}.get(kind, text)
+    return (f"Dense tracking failed ({why}); the answer and its masks on the sampled frames are kept. "
+            "Choose a shorter segment to track it densely.")
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the system after a request. glibc keeps what each worker thread freed in its
+    own arena, so without this the app would stay at the peak of the busiest moment (measured: +16 % after 16
+    concurrent visitors, in tests/e2e/test_load.py)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def releasing_memory(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_memory()
+    return wrapper
+
+
 def _visitor(v: ui.Visitor | None, request: gr.Request | None) -> ui.Visitor:
     v = v if isinstance(v, ui.Visitor) else ui.Visitor()
     v.root, v.last_used = str(TMP_ROOT), time.time()
@@ -156,22 +246,22 @@ def _status(text: str, kind: str = "ok") -> str:
 def _open(v: ui.Visitor, path: Path, name: str, frames: int, start=None, end=None) -> None:
     """Decode the media (CPU only) into a fresh session; raises ValueError with a one-line message."""
     if path.stat().st_size > limits.MAX_UPLOAD_BYTES:
-        raise ValueError(f"the file is larger than {limits.MAX_UPLOAD_BYTES // 2**20} MB")
+        raise ValueError(f"the file is larger than {limits.MAX_UPLOAD_BYTES // 2**20} MB; upload a smaller or shorter one")
     session = ChatSession(ENGINE, Settings(num_frames=int(frames)))
     session.open(path, num_frames=int(frames), start_s=start, end_s=end)
     v.reset_conversation()
     v.session, v.media_path, v.media_name, v.segment = session, path, name, (start, end)
     live = sorted((o for o in list(VISITORS.values()) if o is not v and o.session is not None), key=lambda o: o.last_used)
-    for old in live[: max(0, len(live) + 1 - MAX_LIVE_SESSIONS)]:  # bounded: the least recently used tabs let go
-        log.info("freeing an idle visitor's media (more than %d live sessions)", MAX_LIVE_SESSIONS)
+    for old in live[: max(0, len(live) + 1 - limits.MAX_LIVE_SESSIONS)]:  # bounded: the least recently used let go
+        log.info("freeing an idle visitor's media (more than %d live sessions)", limits.MAX_LIVE_SESSIONS)
         old.close()
 
 
 # ---------------------------------------------------------------------------------------------- layout
 def build() -> gr.Blocks:
     engine = ENGINE
-    with gr.Blocks(title="UniPixel — chat with pixels", fill_width=True, delete_cache=(1800, 7200)) as demo:
-        state = gr.State(None, time_to_live=4 * 3600, delete_callback=lambda v: v.close() if isinstance(v, ui.Visitor) else None)
+    with gr.Blocks(title="UniPixel — chat with pixels", fill_width=True, delete_cache=(limits.CACHE_SWEEP_S, limits.CACHE_MAX_AGE_S)) as demo:
+        state = gr.State(None, time_to_live=limits.STATE_TTL_S, delete_callback=lambda v: v.close() if isinstance(v, ui.Visitor) else None)
         with gr.Row(elem_id="header"):
             gr.HTML('<div class="title"><h1>UniPixel</h1><p>Ask about an image or a video — the answer names objects '
                     'as coloured <b>[obj_k]</b> tags with their masks. Draw points, boxes or scribbles to point at things.</p></div>',
@@ -216,7 +306,9 @@ def build() -> gr.Blocks:
                     send = gr.Button("Send", variant="primary", elem_id="send", scale=1, min_width=80)
                 with gr.Row():
                     new_chat = gr.Button("New conversation", size="sm", elem_id="new_chat")
-                status = gr.HTML(elem_id="status", js_on_load=None)
+                notice = engine.notice if "unavailable" in (engine.notice or "") else ""  # a fallback says why
+                status = gr.HTML(_status(f"⚠️ Serving the {html.escape(notice)}", "notice") if notice else "",
+                                 elem_id="status", js_on_load=None)
             # ------------------------------------------------ result
             with gr.Column(scale=5, min_width=340, elem_id="result_col"):
                 result_img = gr.Image(label="Result", interactive=False, format="png", height=330, elem_id="result_img",
@@ -312,6 +404,8 @@ def build() -> gr.Blocks:
                     gr.Warning(f"Something went wrong: {err}")
                     return {status: _status(f"⚠️ Something went wrong ({type(err).__name__}: {html.escape(str(err))}). "
                                             "The page still works.", "warn")}
+                finally:
+                    release_memory()
             return wrapper
 
         # ------------------------------------------------------------------------------ handlers
@@ -368,6 +462,15 @@ def build() -> gr.Blocks:
                 data = json.loads((payload or "").rsplit("#", 1)[0])
             except json.JSONDecodeError:
                 return {state: v}
+            if not isinstance(data, dict):  # the page always sends an object: anything else is ignored
+                return {state: v}
+            try:
+                return sink_event(data, tl, fr, rtag, v)
+            except (TypeError, ValueError, KeyError, IndexError) as err:  # malformed (the page never sends one)
+                log.info("ignored a malformed sketch event (%s: %s)", type(err).__name__, err)
+                return {state: v}
+
+        def sink_event(data: dict, tl, fr, rtag, v: ui.Visitor) -> dict:
             kind = data.get("type")
             if kind == "sketch":
                 if v.media is None:
@@ -475,10 +578,11 @@ def build() -> gr.Blocks:
                 pending = list(v.pending)
                 limits.check_prompts([ui.to_session_prompt(p) for p in pending], len(v.session.regions),
                                      v.media.size, v.media.num_frames)
+                limits.check_references(q, len(v.session.regions) + len(pending))
             except ValueError as err:
                 return refuse(v, str(err)[:1].upper() + str(err)[1:])
-            if len(v.turns) + len(v.asking) >= ui.MAX_TURNS:
-                return refuse(v, f"This conversation reached {ui.MAX_TURNS} turns; start a new conversation.")
+            if len(v.turns) + len(v.asking) >= limits.MAX_TURNS:
+                return refuse(v, f"This conversation reached {limits.MAX_TURNS} turns; start a new conversation.")
             if len(v.session.objects) >= limits.MAX_OBJECTS:
                 return refuse(v, f"This conversation has {limits.MAX_OBJECTS} objects; start a new conversation.")
             v.asking.append((q, pending))
@@ -502,13 +606,17 @@ def build() -> gr.Blocks:
                         "start": v.segment[0], "end": v.segment[1]}
             turn = ui.Turn(q, pending, len(v.sent), settings)
             progress(0.0, desc="Decoding media")
+            dense_error = None
             try:
-                v.session, turn.reply = _run(gpu_ask, v.session, q, prompts, dense_ok, progress)
+                v.session, (turn.reply, dense_error) = _run(gpu_ask, v.session, q, prompts, dense_ok, progress)
+            except gr.Error as err:  # from spaces (ZeroGPU): a ValueError, but not the visitor's input
+                log.warning("ask failed: %s", err)
+                turn.error = model_failure(err)
             except (MediaError, ValueError) as err:
                 turn.error = str(err)
             except Exception as err:  # noqa: BLE001 - the turn shows the error, the session keeps working
                 log.exception("ask failed")
-                turn.error = f"The model failed on this turn ({type(err).__name__}: {err})."
+                turn.error = model_failure(err)
             finally:
                 _attach(v.session)
             sent = pending[: max(0, len(v.session.regions) - len(v.sent))]
@@ -524,7 +632,8 @@ def build() -> gr.Blocks:
             if v.followups and turn.reply is not None:  # an example's next question, ready to send
                 out[question] = v.followups.pop(0)
             n = len(turn.reply.objects) if turn.reply is not None else 0
-            out[status] = (_status(f"⚠️ {html.escape(turn.error)}", "warn") if turn.error else
+            problem = turn.error or dense_error
+            out[status] = (_status(f"⚠️ {html.escape(problem)}", "warn") if problem else
                            _status(f"Turn {len(v.turns)}: {n} object{'s' * (n != 1)} · {turn.reply.timings.get('total', 0):.1f} s"))
             return out
 
@@ -546,8 +655,13 @@ def build() -> gr.Blocks:
             progress(0.3, desc="Segmenting")
             try:
                 v.session, obj = _run(gpu_refine, v.session, rtag, by_frame)
+            except gr.Error as err:  # from spaces (ZeroGPU): a ValueError, but not the visitor's input
+                return refuse(v, model_failure(err))
             except ValueError as err:
                 return refuse(v, str(err))
+            except Exception as err:  # noqa: BLE001 - the object and the clicks stay; the visitor may retry
+                log.exception("refine failed")
+                return refuse(v, model_failure(err))
             finally:
                 _attach(v.session)
             n = len(v.clicks)
@@ -560,7 +674,7 @@ def build() -> gr.Blocks:
 
         # ------------------------------------------------------------------------------ wiring
         private = dict(api_visibility="private")
-        ui_ev = dict(concurrency_id="ui", concurrency_limit=8, **private)
+        ui_ev = dict(concurrency_id="ui", concurrency_limit=limits.UI_CONCURRENCY, **private)
         model_ev = dict(concurrency_id="model", concurrency_limit=1, **private)
         upload.upload(on_upload, [upload, set_frames, state], ALL, **ui_ev)
         examples.select(on_example, [set_frames, state], ALL, **ui_ev)
@@ -589,6 +703,26 @@ def build() -> gr.Blocks:
 API_DIR = TMP_ROOT / "api"
 
 
+def _prune_api_results() -> None:
+    """Bounded: keep the newest ``API_RESULTS_KEPT`` result folders, none older than ``API_RESULT_TTL_S``.
+    Calls run one at a time (the "model" queue), and Gradio copies a call's files to its cache before the next
+    one starts, so older folders are no longer needed."""
+    API_DIR.mkdir(parents=True, exist_ok=True)
+    aged = []
+    for entry in API_DIR.iterdir():
+        try:
+            aged.append((entry.stat().st_mtime, entry))
+        except OSError:  # already gone
+            pass
+    for i, (mtime, old) in enumerate(sorted(aged, reverse=True)):
+        if i >= limits.API_RESULTS_KEPT or time.time() - mtime > limits.API_RESULT_TTL_S:
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+
+
+@releasing_memory
 def api_ask(media: str, question: str, prompts_json: str = "[]", settings_json: str = "{}", progress=gr.Progress()):
     """Answer one question about an image or a video.
 
@@ -609,10 +743,7 @@ def api_ask(media: str, question: str, prompts_json: str = "[]", settings_json: 
             raise ValueError("give an image or a video file")
         settings = ui.settings_from_json(settings_json)
         question = limits.clean_question(question or "")
-        API_DIR.mkdir(parents=True, exist_ok=True)
-        for old in API_DIR.glob("*"):  # bounded: results older than 10 minutes go
-            if time.time() - old.stat().st_mtime > 600:
-                shutil.rmtree(old, ignore_errors=True)
+        _prune_api_results()
         v = ui.Visitor(root=str(API_DIR))
         _open(v, Path(media), Path(media).name, settings["frames"], settings["start"], settings["end"])
         v.session.settings.max_new_tokens = settings["max_new_tokens"]
@@ -629,9 +760,15 @@ def api_ask(media: str, question: str, prompts_json: str = "[]", settings_json: 
         raise gr.Error(str(err), print_exception=False) from None
     try:
         for q, prompts in checked:
-            v.session, reply = _run(gpu_ask, v.session, q, prompts, dense, progress)
+            v.session, (reply, dense_error) = _run(gpu_ask, v.session, q, prompts, dense, progress)
+    except gr.Error as err:  # from spaces (ZeroGPU): a ValueError, but not the caller's input
+        log.warning("ask (API) failed: %s", err)
+        raise gr.Error(model_failure(err), print_exception=False) from None
     except (MediaError, ValueError) as err:
         raise gr.Error(str(err), print_exception=False) from None
+    except Exception as err:  # noqa: BLE001 - a clear message instead of the exception's
+        log.exception("ask (API) failed")
+        raise gr.Error(model_failure(err), print_exception=False) from None
     finally:
         if v.session is not None:
             _attach(v.session)
@@ -639,7 +776,7 @@ def api_ask(media: str, question: str, prompts_json: str = "[]", settings_json: 
     files = v.exports(0)
     result = {"text": reply.text, "turn": reply.turn, "reply": reply.to_dict(),
               "objects": [o.to_dict() for o in reply.objects],
-              "media": v.conversation()["media"]}
+              "media": v.conversation()["media"], **({"notice": dense_error} if dense_error else {})}
     overlay = files["overlay"]
     if overlay is None:  # nothing segmented: the plain media, so the output is always a file
         overlay = v.new_file("overlay", ".png")
@@ -654,6 +791,15 @@ def api_ask(media: str, question: str, prompts_json: str = "[]", settings_json: 
 THEME = gr.themes.Soft(primary_hue="indigo", neutral_hue="slate",
                        font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
                        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
+
+
+def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False, **options):
+    """Queue and launch ``demo`` with the app's limits and file rules (``main`` uses it; tests pass
+    ``prevent_thread_lock=True``). Only the examples folder is served besides Gradio's own upload/cache folders."""
+    demo.queue(default_concurrency_limit=1, max_size=limits.QUEUE_MAX_SIZE)
+    return demo.launch(server_name=host, server_port=port, share=share, css=ui.CSS, js=ui.JS, theme=THEME,
+                       max_file_size=limits.MAX_UPLOAD_BYTES, allowed_paths=[str(EXAMPLES_DIR)], ssr_mode=False,
+                       show_error=True, **options)
 
 
 def _stop(signum, frame):
@@ -677,11 +823,7 @@ def main(argv: list[str] | None = None) -> None:
     except CheckpointError as err:
         raise SystemExit(f"could not load the model: {err}") from None
     signal.signal(signal.SIGTERM, _stop)  # a clean stop: temporary files go (atexit) on `kill` too
-    demo = build()
-    demo.queue(default_concurrency_limit=1, max_size=64)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=ui.CSS, js=ui.JS,
-                theme=THEME, max_file_size=limits.MAX_UPLOAD_BYTES,
-                allowed_paths=[str(EXAMPLES_DIR)], ssr_mode=False, show_error=True)
+    serve(build(), args.host, args.port, args.share)
 
 
 if __name__ == "__main__":

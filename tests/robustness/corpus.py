@@ -1,7 +1,10 @@
-"""A corpus of bad and odd media, generated on the spot (nothing downloaded).
+"""The corpus of bad and odd inputs, generated on the spot (nothing downloaded): media files, questions and
+visual prompts.
 
-Each :class:`Case` says whether the file must load (``ok``: valid but odd, e.g. CMYK or EXIF-rotated) or be
+Each media :class:`Case` says whether the file must load (``ok``: valid but odd, e.g. CMYK or EXIF-rotated) or be
 refused with a one-line message (``error``). ``check`` holds what a correct load must satisfy.
+:data:`QUESTIONS` and :func:`prompt_cases` are the text and prompt cases, each with what must happen; the tests
+send every case through the session, the CLI and the app (``/ask`` and the UI events).
 """
 from __future__ import annotations
 
@@ -85,6 +88,16 @@ def build_corpus(root: Path, long_video: bool = True) -> list[Case]:
     data = good_video.read_bytes()
     (root / "truncated.mp4").write_bytes(data[: len(data) // 3])
     cases.append(Case("truncated video", root / "truncated.mp4", ok=False))
+    fast = root / "fast.mp4"  # index first, so the cut file still opens and its frames are missing
+    with av.open(str(good_video)) as src, av.open(str(fast), "w", options={"movflags": "faststart"}) as dst:
+        out = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = out
+                dst.mux(packet)
+    data = fast.read_bytes()
+    (root / "truncated_fast.mp4").write_bytes(data[: len(data) * 2 // 3])
+    cases.append(Case("truncated video, header intact", root / "truncated_fast.mp4", ok=False))
     (root / "text.jpg").write_text("this is not an image\n" * 20)
     cases.append(Case("text named .jpg", root / "text.jpg", ok=False))
     (root / "text.mp4").write_text("this is not a video\n" * 20)
@@ -137,4 +150,79 @@ def build_corpus(root: Path, long_video: bool = True) -> list[Case]:
         small = [np.full((32, 48, 3), (i * 7) % 256, np.uint8) for i in range(3600)]
         _write_video(root / "hour.mp4", small, fps=1)
         cases.append(Case("hour-long video", root / "hour.mp4", ok=True, frames=16, size=(32, 48)))
+    # 25 frames, one every 10 minutes: over the duration limit (limits.MAX_VIDEO_SECONDS) at no cost.
+    _write_video(root / "four_hours.mp4", [_scene(32, 48)] * 25, fps=Fraction(1, 600))
+    cases.append(Case("video longer than the limit", root / "four_hours.mp4", ok=False))
     return cases
+
+
+def plain_media(root: Path) -> dict[str, Path]:
+    """A plain image (160×120) and a plain video (12 frames of 160×120) for the question and prompt cases."""
+    root.mkdir(parents=True, exist_ok=True)
+    scene = _scene(120, 160)
+    Image.fromarray(scene).save(root / "scene.png")
+    _write_video(root / "clip.mp4", [np.roll(scene, 4 * i, axis=1) for i in range(12)])
+    return {"image": root / "scene.png", "video": root / "clip.mp4"}
+
+
+# ---------------------------------------------------------------------------------------------- questions
+@dataclass
+class Question:
+    """A question and what must happen: asked normally (``error`` None) or refused with ``error`` in the message."""
+
+    name: str
+    text: str
+    error: str | None = None
+
+
+QUESTIONS = [
+    Question("empty", "", "type a question"),
+    Question("whitespace only", " \t\n  \u3000 ", "type a question"),
+    Question("invisible only", "\u200b\ufeff\u200d", "type a question"),
+    Question("50,000 characters", "Please segment the circle. " * 1852, "keep it under"),
+    Question("unicode", "Please segment the 红色 circle — ¿qué es? مرحبا 🟥👍🏽 e\u0301"),
+    Question("control characters", "Please\x00 segment\x1b[31m the\x07 red\x85 circle.\x7f"),
+    Question("lone surrogates", "Please segment \udcff the red \ud800circle."),
+    Question("bidi and zero-width", "Please segment the \u202ered\u202c\u200b circle."),
+    Question("markup", "<script>alert(1)</script><img src=x onerror=alert(2)> Please segment the circle."),
+    Question("reference to a prompt that does not exist", "What is [7]?", r"refers to \[7\]"),
+]
+"""Questions for a media with no visual prompts."""
+
+
+# ---------------------------------------------------------------------------------------------- visual prompts
+@dataclass
+class Prompts:
+    """Visual prompts in the API's JSON conventions (original pixels, sampled-frame index) and what must happen."""
+
+    name: str
+    prompts: list[dict]
+    question: str = "What is [0]?"
+    error: str | None = None
+
+
+def prompt_cases(size: tuple[int, int], frames: int) -> list[Prompts]:
+    """Prompt cases for a media of ``size`` (H, W) with ``frames`` sampled frames."""
+    h, w = size
+    nan = float("nan")
+    return [
+        Prompts("point inside", [{"point": [w / 2, h / 2]}]),
+        Prompts("point on the far edge", [{"point": [w, h]}]),
+        Prompts("reversed box", [{"box": [w - 5, h - 5, 5, 5]}]),
+        Prompts("one-point scribble", [{"scribble": [[w / 3, h / 3]], "width": 5}]),
+        Prompts("prompts up to the cap", [{"point": [1 + i, 1 + i]} for i in range(16)], "What is [15]?"),
+        Prompts("point outside the image", [{"point": [w + 40, h / 2]}], error="outside"),
+        Prompts("negative point", [{"point": [-3, 4]}], error="outside"),
+        Prompts("not-a-number point", [{"point": [nan, 4]}], error="not a finite number|outside"),
+        Prompts("box outside the image", [{"box": [5, 5, w + 100, h / 2]}], error="outside"),
+        Prompts("degenerate box (a line)", [{"box": [10, 10, 10, h - 10]}], error="no area"),
+        Prompts("degenerate box (a point)", [{"box": [10, 10, 10, 10]}], error="no area"),
+        Prompts("empty scribble", [{"scribble": []}], error="malformed scribble|is empty"),
+        Prompts("scribble outside the image", [{"scribble": [[w + 50, h + 50], [w + 90, h + 60]], "width": 4}],
+                error="is empty|outside"),
+        Prompts("prompt on a frame out of range", [{"point": [5, 5], "frame": frames + 3}], error="were sampled"),
+        Prompts("prompt on a negative frame", [{"point": [5, 5], "frame": -1}], error="were sampled"),
+        Prompts("more prompts than the cap", [{"point": [1 + i, 1 + i]} for i in range(17)], "What is [0]?",
+                error="at most 16 visual prompts"),
+        Prompts("reference beyond the prompts", [{"point": [5, 5]}], "Compare [0] and [3].", error=r"refers to \[3\]"),
+    ]

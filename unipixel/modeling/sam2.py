@@ -401,6 +401,22 @@ class UniPixelSAM2(SAM2VideoPredictor):
         return TrackResult(torch.stack(logits)[None], torch.stack(ious)[None], torch.stack(scores)[None], [states])
 
 
+ALLOWED_TARGETS = "sam2.modeling."
+
+
+def _check_targets(node: object) -> None:
+    """A checkpoint's yaml may only name SAM 2's own layers: hydra would call any ``_target_`` (remote code)."""
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None and not str(target).startswith(ALLOWED_TARGETS):
+            raise ValueError(f"sam2_config.yaml names {target!r}; only {ALLOWED_TARGETS}* layers are allowed")
+        for value in node.values():
+            _check_targets(value)
+    elif isinstance(node, list):
+        for value in node:
+            _check_targets(value)
+
+
 _STOCK_CONFIG = re.compile(r"(?:^|/)sam2\.1_hiera_(t|s|b\+|l)(?:\.yaml)?$")
 
 
@@ -419,6 +435,7 @@ def build_sam2(sam2_config: str, image_size: int, config_yaml: str | Path | None
             raise ValueError(f"unknown SAM 2 config {sam2_config!r}: expected sam2.1_hiera_{{t,s,b+,l}}")
         config_yaml = Path(sam2.__file__).parent / "configs" / "sam2.1" / f"sam2.1_hiera_{match[1]}.yaml"
     model_config = OmegaConf.load(config_yaml).model
+    _check_targets(OmegaConf.to_container(model_config))
     model_config._target_ = f"{UniPixelSAM2.__module__}.{UniPixelSAM2.__qualname__}"
     model_config.image_size = image_size
     model_config.add_all_frames_to_correct_as_cond = True

@@ -29,7 +29,8 @@ class Encoded:
 
     ``inputs``: keyword arguments of ``forward``/``generate`` (batch size 1, pixel prompts included);
     ``labels``: LM targets (``None`` for a prompt); ``frames``: SAM 2 inputs ``(T, 3, S, S)``;
-    ``frame_size``: ``(H, W)``; ``targets``: per ``<|seg|>`` of the text the ``(T, S, S)`` bool mask.
+    ``frame_size``: ``(H, W)``; ``targets``: per ``<|seg|>`` of the text the ``(T, S, S)`` bool mask;
+    ``attributes``: ``(2, L)`` auxiliary targets (see :func:`attribute_labels`, training only).
     """
 
     inputs: dict[str, Any]
@@ -37,6 +38,7 @@ class Encoded:
     frames: torch.Tensor
     frame_size: tuple[int, int]
     targets: list[torch.Tensor]
+    attributes: torch.Tensor | None = None
 
 
 def training_sample(seed: int, index: int, task_mix: dict[str, float], video_prob: float, max_frames: int) -> shapes.Sample:
@@ -97,6 +99,35 @@ def prompt_inputs(sample: shapes.Sample, grid_thw: torch.Tensor, image_size: int
     return out
 
 
+def attribute_labels(sample: shapes.Sample, input_ids: torch.Tensor, grid_thw: torch.Tensor, tokenizer,
+                     min_cover: float = 0.25) -> torch.Tensor:
+    """Auxiliary targets ``(2, L)``: the colour word and the shape word of the object at each position.
+
+    A visual token names the object covering at least ``min_cover`` of its 28x28 cell (on the first frame
+    of its temporal slot); a ``<|mem|>`` or ``<|ref|>`` token names the object it stands for; every other
+    position is ``IGNORE``. Read through the LM head at those positions, these dense targets give the
+    vision tower and the pixel-prompt encoders a direct training signal from the first step, instead of
+    only through attention that an untrained LLM does not yet pay to the image.
+    """
+    ids = input_ids[0]
+    words = lambda obj: [tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in (obj.colour, obj.shape)]  # noqa: E731
+    out = torch.full((2, ids.shape[0]), IGNORE, dtype=torch.long)
+    t, h, w = (int(v) for v in grid_thw[0])
+    frames = sample.masks[:, [min(2 * slot, sample.masks.shape[1] - 1) for slot in range(t)]]  # (N, t, H, W)
+    cover = F.interpolate(torch.from_numpy(frames).float(), size=(h // 2, w // 2), mode="area")  # (N, t, h/2, w/2)
+    best, owner = cover.max(dim=0)
+    owner[best < min_cover] = -1
+    table = torch.tensor([words(obj) for obj in sample.objects] + [[IGNORE, IGNORE]])  # row -1: nothing
+    video = torch.nonzero(ids == tokenizer.convert_tokens_to_ids("<|video_pad|>")).flatten()
+    out[:, video] = table[owner.flatten()].T
+    mem_objects = [p.obj for p in sample.mem_prompts for _ in shapes.mem_slots(p.mask)]
+    for token, objects in (("<|mem|>", mem_objects), ("<|ref|>", [p.obj for p in sample.ref_prompts])):
+        positions = torch.nonzero(ids == tokenizer.convert_tokens_to_ids(token)).flatten()
+        for position, obj in zip(positions.tolist(), objects):
+            out[:, position] = torch.tensor(words(sample.objects[obj]))
+    return out
+
+
 def resize_masks(masks: np.ndarray, size: int) -> torch.Tensor:
     """``(..., H, W)`` bool masks -> ``(..., size, size)`` bool (antialiased bilinear, > 0.5)."""
     tensor = torch.from_numpy(np.ascontiguousarray(masks)).float()
@@ -118,7 +149,10 @@ def encode(
     llm_frames = [Image.fromarray(frame) for frame in sample.frames]
     inputs = build_vision_inputs(processor, llm_frames, text)
     inputs.update(prompt_inputs(sample, inputs["video_grid_thw"], image_size))
-    labels = None if prompt_only else assistant_labels(inputs["input_ids"], processor.tokenizer)
+    labels = attributes = None
+    if not prompt_only:
+        labels = assistant_labels(inputs["input_ids"], processor.tokenizer)
+        attributes = attribute_labels(sample, inputs["input_ids"], inputs["video_grid_thw"], processor.tokenizer)
     frames = sample.frames[:sam_frames]
     targets = [resize_masks(mask[:sam_frames], image_size) for mask in sample.seg_masks()]
-    return Encoded(inputs, labels, sam2_frames(frames, image_size), sample.frames.shape[1:3], targets)
+    return Encoded(inputs, labels, sam2_frames(frames, image_size), sample.frames.shape[1:3], targets, attributes)

@@ -1,0 +1,89 @@
+"""Training smoke tests: tokenizer/processor files, encoded inputs, a few steps that reduce the loss, and a
+checkpoint that reloads through the inference loader."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unipixel.loading import load_model
+from unipixel.modeling.presets import TINY_SAM2_YAML
+from unipixel.processing.vision import load_processor, render_chat
+from unipixel.training import shapes
+from unipixel.training.data import IGNORE, encode, training_sample
+from unipixel.training.tokenizer import QWEN_SPECIAL_TOKENS, UNIPIXEL_TOKENS, build_processor, shapes_corpus, train_tokenizer
+from unipixel.training.train import Sizes, build_config, build_model, save, parse_args, training_loss
+
+TINY = Sizes(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vision_hidden=32, vision_depth=2,
+             vision_heads=2, vision_intermediate=64, sam2_image_size=128, mrope_section=[1, 2, 1, 1, 2, 1])
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_processor(train_tokenizer(shapes_corpus(60), vocab_size=400))
+
+
+def _sample(task: str, video: bool) -> shapes.Sample:
+    mix = {task: 1.0}
+    return training_sample(3, 0, mix, video_prob=1.0 if video else 0.0, max_frames=4)
+
+
+def test_tokenizer_and_processor_files_round_trip(processor, tmp_path):
+    tokenizer = processor.tokenizer
+    special = list(QWEN_SPECIAL_TOKENS + UNIPIXEL_TOKENS)
+    assert tokenizer.convert_tokens_to_ids(special) == list(range(len(tokenizer) - len(special), len(tokenizer)))
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    processor.save_pretrained(tmp_path)
+    loaded = load_processor(tmp_path)
+    text = "Please segment [3] <|ref|> <1>-<2> <|mem|> as <|seg|>."
+    assert loaded.tokenizer(text).input_ids == tokenizer(text).input_ids
+    assert loaded.tokenizer.decode(tokenizer(text).input_ids) == text
+    messages = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "<|seg|>."}, {"role": "user", "content": "Ok"}]
+    assert render_chat(loaded, messages) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><|video_pad|><|vision_end|>Hi?<|im_end|>\n<|im_start|>assistant\n<|seg|>.<|im_end|>\n"
+        "<|im_start|>user\nOk<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_encoded_inputs_carry_prompts_and_answer_labels(processor):
+    tokenizer = processor.tokenizer
+    mem = encode(processor, _sample("mask_region", video=True), 128, sam_frames=2)
+    ids = mem.inputs["input_ids"][0]
+    assert int((ids == tokenizer.convert_tokens_to_ids("<|mem|>")).sum()) == int(mem.inputs["refer_mask"][0].flatten(2).any(-1).sum())
+    answer = tokenizer.decode(mem.labels[0][mem.labels[0] != IGNORE])
+    assert answer.endswith("<|im_end|>") and "Here is a video" not in answer
+    assert mem.frames.shape[0] == 2
+    ref = encode(processor, _sample("id_seg", video=False), 128)
+    assert len(ref.inputs["point_coords"][0]) == int((ref.inputs["input_ids"] == tokenizer.convert_tokens_to_ids("<|ref|>")).sum())
+    assert len(ref.targets) == int((ref.labels == tokenizer.convert_tokens_to_ids("<|seg|>")).sum()) > 0
+    assert ref.targets[0].shape == (1, 128, 128) and ref.targets[0].any()
+
+
+def test_few_steps_reduce_loss_and_checkpoint_reloads(processor, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(build_config(processor.tokenizer, TINY), TINY_SAM2_YAML).train()
+    example = encode(processor, _sample("referring_seg", video=True), 128, sam_frames=2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(10):
+        terms = training_loss(model, example, loss_size=64)
+        assert set(terms) == {"lm", "focal", "dice", "iou", "object"}
+        loss = sum(terms.values())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+    save(model.eval(), processor, tmp_path, parse_args(["--out", str(tmp_path)]), TINY, step=10)
+    loaded, loaded_processor = load_model(tmp_path)
+    inputs = encode(loaded_processor, _sample("referring_seg", video=False), 128, prompt_only=True)
+    with torch.no_grad():
+        expected = model(**inputs.inputs).logits
+        out = loaded(**inputs.inputs, frames=inputs.frames, frame_size=inputs.frame_size)
+    torch.testing.assert_close(out.logits, expected)
+    generated = loaded.generate(**inputs.inputs, frames=inputs.frames, frame_size=inputs.frame_size, max_new_tokens=4)
+    assert generated.sequences.shape[1] > inputs.inputs["input_ids"].shape[1]
+    assert all(m.shape == (1, *inputs.frame_size) and m.dtype == torch.bool for m in generated.masks)
+    assert np.isfinite(losses).all()
