@@ -65,10 +65,11 @@ def test_few_steps_reduce_loss_and_checkpoint_reloads(processor, tmp_path):
     model = build_model(build_config(processor.tokenizer, TINY), TINY_SAM2_YAML).train()
     example = encode(processor, _sample("referring_seg", video=True), 128, sam_frames=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    clicks = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(10):
-        terms = training_loss(model, example, loss_size=64)
-        assert set(terms) == {"lm", "focal", "dice", "iou", "object"}
+        terms = training_loss(model, example, loss_size=64, clicks=clicks)
+        assert {"lm", "vision_dc", "attributes", "focal", "dice", "iou", "object", "click_dice"} <= set(terms)
         loss = sum(terms.values())
         loss.backward()
         optimizer.step()

@@ -67,17 +67,17 @@ def _heads(
 
 
 def track_for_training(
-    sam2: UniPixelSAM2, frames: torch.Tensor, hidden: torch.Tensor, clicks: tuple[torch.Tensor, torch.Tensor] | None = None
-) -> tuple[list[FrameOutput], FrameOutput | None]:
+    sam2: UniPixelSAM2, frames: torch.Tensor, hidden: torch.Tensor, clicks: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[list[FrameOutput], FrameOutput]:
     """Segment B objects prompted by ``hidden`` ``(B, k, C)`` on frame 0 and track them over ``frames``
-    ``(T, 3, S, S)`` with memory, differentiably. Returns one :class:`FrameOutput` per frame, and with
-    ``clicks`` (SAM 2 point prompts on frame 0) also the classic point-prompted SAM output of frame 0,
-    an auxiliary task that teaches the image encoder and decoder what an object is."""
+    ``(T, 3, S, S)`` with memory, differentiably. Returns one :class:`FrameOutput` per frame, and the
+    classic SAM output of frame 0 for ``clicks`` (point prompts, see :func:`random_clicks`): an auxiliary
+    task sharing the image features and the decoder that teaches them what an object is."""
     batch, num_frames = hidden.shape[0], frames.shape[0]
     backbone = sam2.forward_image(frames)
     _, feats, pos, sizes = sam2._prepare_backbone_features(backbone)
     memory: dict[str, dict[int, dict]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-    outputs, clicked = [], None
+    outputs = []
     for t in range(num_frames):
         cur = [f[:, t : t + 1].expand(-1, batch, -1) for f in feats]
         cur_pos = [p[:, t : t + 1].expand(-1, batch, -1) for p in pos]
@@ -88,7 +88,7 @@ def track_for_training(
         high_res = [x.permute(1, 2, 0).reshape(batch, x.shape[2], *s) for x, s in zip(cur[:-1], sizes[:-1])]
         masks, ious, tokens, object_score = _heads(sam2, pix_feat, high_res, hidden if t == 0 else None)
         outputs.append(FrameOutput(masks, ious, object_score))
-        if t == 0 and clicks is not None:
+        if t == 0:
             click_masks, click_ious, _, click_score = _heads(sam2, pix_feat, high_res, None, clicks)
             clicked = FrameOutput(click_masks, click_ious, click_score)
         if t == num_frames - 1:

@@ -4,11 +4,18 @@
 
 Everything is built here: a BPE tokenizer trained on the shapes text (``tokenizer.py``), a tiny
 Qwen2.5-VL + SAM 2 (``sam2_shapes.yaml``) of the released model class, and one optimiser over all of it.
-Each step encodes one shapes conversation exactly as inference would (``data.py``) and minimises the LM
-loss on the assistant turns plus SAM 2's mask losses (``losses.py``) for every ``<|seg|>``, with the
-SAM 2 prompt taken from the pre-norm hidden state before the ``<|seg|>`` through ``seg_head`` as at
-inference. The checkpoint is written in the released format (``save_checkpoint``) at every
-``--save-every`` steps and at the end, with a JSON-lines loss log beside it.
+Each step encodes one shapes conversation exactly as inference would (``data.py``) and minimises
+
+* the LM loss on the assistant turns;
+* SAM 2's mask losses (``losses.py``) for every ``<|seg|>``, the SAM 2 prompt taken from the pre-norm
+  hidden state before the ``<|seg|>`` through ``seg_head`` as at inference, tracked over the first frames;
+* three auxiliary terms that make learning from scratch feasible in a CPU hour: classic click-prompted
+  SAM 2 on frame 0 (``click_*``), attribute words read by the LM head at every visual, ``<|mem|>`` and
+  ``<|ref|>`` token (``attributes``, see ``data.attribute_labels``), and a penalty on the vision tower's
+  common offset (``vision_dc``, see :func:`common_share`).
+
+The checkpoint is written in the released format (``save_checkpoint``) every ``--save-every`` steps and
+at the end, with ``training_args.json`` and a JSON-lines log of mean losses beside it.
 """
 from __future__ import annotations
 
@@ -27,13 +34,15 @@ from ..configuration import UniPixelConfig
 from ..loading import reference_generation_config, save_checkpoint
 from ..modeling.sam2 import build_sam2
 from ..modeling.unipixel import UniPixelForConditionalGeneration, seg_prompt_positions
-from .data import Encoded, encode, training_sample
+from .data import IGNORE, Encoded, encode, training_sample
 from .losses import frame_losses, mask_losses, random_clicks, track_for_training
 from .tokenizer import build_processor, shapes_corpus, train_tokenizer
 
 SAM2_YAML = Path(__file__).with_name("sam2_shapes.yaml")
 TRAIN_SEED = 0
 CLICK_WEIGHT = 0.5
+DC_WEIGHT = 1.0
+ATTRIBUTE_WEIGHT = 0.5
 
 TASK_MIX = {
     "referring_seg": 0.26, "reasoning_seg": 0.08, "mask_region": 0.16, "ref_caption": 0.14,
@@ -122,24 +131,41 @@ def build_model(config: UniPixelConfig, sam2_yaml: Path = SAM2_YAML) -> UniPixel
 
 
 def training_loss(
-    model: UniPixelForConditionalGeneration, example: Encoded, loss_size: int, click_generator: torch.Generator | None = None
+    model: UniPixelForConditionalGeneration, example: Encoded, loss_size: int, clicks: torch.Generator
 ) -> dict[str, torch.Tensor]:
-    """LM loss plus SAM 2 losses for every ``<|seg|>`` (prompted from the state before it, as inference);
-    with ``click_generator`` also the auxiliary point-prompted SAM 2 losses (``click_*``) on frame 0."""
-    out = model(**example.inputs, labels=example.labels, return_pre_norm_states=True)
-    terms = {"lm": out.loss}
+    """All loss terms of one conversation (weighted; the training objective is their sum).
+
+    ``clicks`` draws the random click of the auxiliary SAM 2 task.
+    """
+    inputs = dict(example.inputs)
+    features = model.encode_video(inputs.pop("pixel_values_videos"), inputs["video_grid_thw"])
+    out = model(**inputs, video_features=features, labels=example.labels, return_pre_norm_states=True)
+    terms = {"lm": out.loss, "vision_dc": DC_WEIGHT * sum(common_share(f) for f in features)}
+    if example.attributes is not None and (example.attributes != IGNORE).any():
+        logits = out.logits[0].float()
+        terms["attributes"] = ATTRIBUTE_WEIGHT * sum(
+            torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE) for target in example.attributes
+        )
     if example.targets:
         targets = torch.stack(example.targets)
         positions = seg_prompt_positions(example.inputs["input_ids"][0], model.config.seg_token_id)
         states = out["pre_norm_states"][0, positions]
         hidden = model.seg_head(states).view(len(positions), model.config.sam2_hidden_tokens, -1)
-        clicks = random_clicks(targets, click_generator) if click_generator is not None else None
-        outputs, clicked = track_for_training(model.sam2, example.frames, hidden, clicks)
+        outputs, clicked = track_for_training(model.sam2, example.frames, hidden, random_clicks(targets, clicks))
         terms.update(mask_losses(outputs, targets, loss_size))
-        if clicked is not None:
-            aux = frame_losses(clicked, targets[:, 0], loss_size)
-            terms.update({f"click_{key}": CLICK_WEIGHT * value for key, value in aux.items()})
+        terms.update({f"click_{key}": CLICK_WEIGHT * value for key, value in frame_losses(clicked, targets[:, 0], loss_size).items()})
     return terms
+
+
+def common_share(tokens: torch.Tensor) -> torch.Tensor:
+    """Share of the tokens' energy in their common (mean) vector: ``|mean|² / mean(|x|²)``, in [0, 1].
+
+    Trained from scratch, the vision tower otherwise drifts into a huge constant offset within a few
+    hundred steps (the cheapest way for the LM to ignore still-useless image features); after the LLM's
+    RMSNorm every visual token then looks the same and the image can never be used. Penalising this share
+    keeps the content visible.
+    """
+    return tokens.mean(0).pow(2).sum() / tokens.pow(2).sum(-1).mean().clamp(min=1e-6)
 
 
 def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -216,7 +242,7 @@ def save(model: UniPixelForConditionalGeneration, processor, out: Path, args: ar
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="checkpoint directory")
-    parser.add_argument("--steps", type=int, default=12000, help="optimiser steps")
+    parser.add_argument("--steps", type=int, default=10000, help="optimiser steps")
     parser.add_argument("--accumulate", type=int, default=1, help="conversations per optimiser step")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=300, help="warm-up steps")
