@@ -48,8 +48,7 @@ def load(model: str | None):
     A named model that cannot be loaded falls back to the bundled demo model; the notice says why (badge, status).
     """
     global ENGINE
-    from unipixel.engine import BUNDLED_NAMES, BUNDLED_NOTICE, load_engine
-    from unipixel.loading import CheckpointError
+    from unipixel.engine import load_engine
 
     if ZERO_GPU:
         import torch
@@ -57,17 +56,7 @@ def load(model: str | None):
         options = dict(device="cuda", dtype=torch.bfloat16)
     else:
         options = {}
-    try:
-        ENGINE = load_engine(model, **options)
-    except CheckpointError as err:
-        if model is None or model in BUNDLED_NAMES:
-            raise
-        log.warning("could not load %s (%s); falling back to the %s", model, err, BUNDLED_NOTICE)
-        try:
-            ENGINE = load_engine("bundled", **options)
-        except CheckpointError as bundled_err:
-            raise CheckpointError(f"{model} unavailable ({err}) and the bundled model too ({bundled_err})") from bundled_err
-        ENGINE.notice = f"{BUNDLED_NOTICE} ({model} unavailable: {err})"
+    ENGINE = load_engine(model, fallback=True, **options)
     log.info("serving model: %s%s", "bundled demo model" if ENGINE.is_bundled else ENGINE.name,
                 f" ({ENGINE.notice})" if ENGINE.notice else "")
     return ENGINE

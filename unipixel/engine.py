@@ -47,26 +47,30 @@ def default_device_dtype() -> tuple[str, torch.dtype]:
     return "cpu", torch.float32
 
 
-def load_engine(model: str | None = None, device: str | None = None, dtype: torch.dtype | None = None) -> Engine:
-    """Load ``model`` (a path, a hub id or ``"bundled"``); with no model, the released 3B or else the bundled one.
+def load_engine(
+    model: str | None = None, device: str | None = None, dtype: torch.dtype | None = None, fallback: bool | None = None
+) -> Engine:
+    """Load ``model`` (a path, a hub id or ``"bundled"``; ``None``: the released 3B).
 
-    An explicitly named model that cannot be loaded raises :class:`CheckpointError`; the default falls
-    back to the bundled model and says why in ``notice`` (and the log).
+    With ``fallback`` (the default when no model is named) a model that cannot be loaded gives way to the
+    bundled one, and ``notice`` (also logged) says why; otherwise :class:`CheckpointError` is raised.
     """
     default_device, default_dtype = default_device_dtype()
     device, dtype = device or default_device, dtype or default_dtype
-    if model is None:
+    name = DEFAULT_MODEL if model is None else model
+    fallback = model is None if fallback is None else fallback
+    try:
+        return _load(name, device, dtype)
+    except CheckpointError as err:
+        if not fallback or name in BUNDLED_NAMES:
+            raise
+        log.warning("%s; falling back to the %s", err, BUNDLED_NOTICE)
         try:
-            return _load(DEFAULT_MODEL, device, dtype)
-        except CheckpointError as err:
-            log.warning("%s; falling back to the %s", err, BUNDLED_NOTICE)
-            try:
-                engine = _load("bundled", device, dtype)
-            except CheckpointError as bundled_err:
-                raise CheckpointError(f"{DEFAULT_MODEL} unavailable ({err}) and the bundled model too ({bundled_err})") from bundled_err
-            engine.notice = f"{BUNDLED_NOTICE} ({DEFAULT_MODEL} unavailable: {err})"
-            return engine
-    return _load(model, device, dtype)
+            engine = _load("bundled", device, dtype)
+        except CheckpointError as bundled_err:
+            raise CheckpointError(f"{name} unavailable ({err}) and the bundled model too ({bundled_err})") from bundled_err
+        engine.notice = f"{BUNDLED_NOTICE} ({name} unavailable: {err})"
+        return engine
 
 
 def _load(name: str, device: str, dtype: torch.dtype) -> Engine:
