@@ -213,9 +213,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    started = time.time()
     metrics = evaluate(args.model, args.n, args.seed, args.ood_n)
     if args.json:
-        args.json.write_text(json.dumps({"model": str(args.model), "n": args.n, "seed": args.seed, **metrics}, indent=2) + "\n")
+        recipe = Path(args.model) / "training_args.json"
+        record = {
+            "step": json.loads(recipe.read_text())["step"] if recipe.exists() else None,
+            "samples_per_metric": args.n,
+            "seed": args.seed,
+            "metrics": {name: round(value, 4) for name, value in metrics.items()},
+            "seconds": round(time.time() - started, 1),
+            "bars": BARS,
+            "meets_bars": all(metrics[name] >= bar for name, bar in BARS.items()),
+        }
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..configuration import UniPixelConfig
-from ..loading import reference_generation_config, save_checkpoint
+from ..loading import load_model, reference_generation_config, save_checkpoint
 from ..modeling.sam2 import build_sam2
 from ..modeling.unipixel import UniPixelForConditionalGeneration, seg_prompt_positions
 from .data import IGNORE, Encoded, encode, training_sample
@@ -198,16 +198,25 @@ def train(args: argparse.Namespace) -> Path:
     torch.set_flush_denormal(True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    processor = build_processor(train_tokenizer(shapes_corpus(args.corpus), vocab_size=args.vocab))
     sizes = Sizes()
-    model = build_model(build_config(processor.tokenizer, sizes)).train()
+    if args.resume:
+        model, processor = load_model(out)
+        first = json.loads((out / "training_args.json").read_text())["step"]
+        print(f"resuming {out} at step {first}", flush=True)
+    else:
+        processor = build_processor(train_tokenizer(shapes_corpus(args.corpus), vocab_size=args.vocab))
+        model = build_model(build_config(processor.tokenizer, sizes))
+        first = 0
+    model.train()
     optimizer = make_optimizer(model, args.lr)
-    clicks = torch.Generator().manual_seed(args.seed)
+    clicks = torch.Generator().manual_seed(args.seed + first)
     window: dict[str, list[float]] = {}
     started = time.time()
-    with (out / "train_log.jsonl").open("w") as log:
-        for step in range(args.steps):
-            lr = learning_rate(step, args.steps, args.lr, args.warmup)
+    with (out / "train_log.jsonl").open("a" if args.resume else "w") as log:
+        for step in range(first, args.steps):
+            # a resumed run restarts AdamW's moments, so it warms up again briefly
+            rewarm = min(1.0, (step - first + 1) / args.warmup) if first else 1.0
+            lr = rewarm * learning_rate(step, args.steps, args.lr, args.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             for micro in range(args.accumulate):
@@ -254,6 +263,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary size (before special tokens)")
     parser.add_argument("--corpus", type=int, default=2000, help="shapes conversations the tokenizer is trained on")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run checkpointed in --out from its last saved step (weights and data stream; "
+                             "AdamW restarts with a short warm-up)")
     parser.add_argument("--task-mix", type=json.loads, default=TASK_MIX, help="JSON {task: weight} of the training stream")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--log-every", type=int, default=100, help="steps per line of train_log.jsonl (mean losses)")
