@@ -195,7 +195,8 @@ def save_checkpoint(model: UniPixelForConditionalGeneration, processor, director
     save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
     model.config.save_pretrained(directory)
     model.generation_config.save_pretrained(directory)
-    if model.sam2_yaml is not None:
-        shutil.copyfile(model.sam2_yaml, directory / SAM2_YAML)
+    target = directory / SAM2_YAML
+    if model.sam2_yaml is not None and not (target.exists() and target.samefile(model.sam2_yaml)):
+        shutil.copyfile(model.sam2_yaml, target)
     processor.save_pretrained(directory)
     return directory

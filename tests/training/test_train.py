@@ -2,6 +2,8 @@
 checkpoint that reloads through the inference loader."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -88,3 +90,32 @@ def test_few_steps_reduce_loss_and_checkpoint_reloads(processor, tmp_path):
     assert generated.sequences.shape[1] > inputs.inputs["input_ids"].shape[1]
     assert all(m.shape == (1, *inputs.frame_size) and m.dtype == torch.bool for m in generated.masks)
     assert np.isfinite(losses).all()
+
+
+def test_workers_split_the_batch_like_accumulation(processor, tmp_path):
+    """``--workers 2`` (two processes, gloo) takes the same optimiser steps as ``--accumulate 2`` in one process,
+    and ``--init`` starts a new phase whose data stream continues after the init checkpoint's samples."""
+    from safetensors.torch import load_file
+
+    from unipixel.training.train import train
+
+    torch.manual_seed(0)
+    start = tmp_path / "start"
+    save(build_model(build_config(processor.tokenizer, TINY), TINY_SAM2_YAML), processor, start,
+         parse_args(["--out", str(start)]), TINY, step=3)
+    common = ["--init", str(start), "--steps", "2", "--warmup", "1", "--threads", "1", "--log-every", "1",
+              "--max-frames", "4", "--sam-frames", "2", "--loss-size", "64"]
+    train(parse_args(["--out", str(tmp_path / "acc"), "--accumulate", "2", *common]))
+    train(parse_args(["--out", str(tmp_path / "dp"), "--workers", "2", *common]))
+    weights = [load_file(tmp_path / run / "model.safetensors") for run in ("acc", "dp")]
+    initial = load_file(start / "model.safetensors")
+    moved = [k for k in initial if not torch.equal(initial[k], weights[0][k])]
+    assert len(moved) > len(initial) // 2  # the steps really trained
+    for key in initial:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-4, atol=1e-5)
+    recipe = json.loads((tmp_path / "dp" / "training_args.json").read_text())
+    assert recipe["samples"] == 4 and recipe["history"][0]["step"] == 3
+    logged = [json.loads(line) for line in (tmp_path / "dp" / "train_log.jsonl").read_text().splitlines()]
+    acc_logged = [json.loads(line) for line in (tmp_path / "acc" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2] and all(r["phase"] == 1 for r in logged)
+    assert logged[0]["lm"] == pytest.approx(acc_logged[0]["lm"], rel=1e-4)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from ..configuration import UniPixelConfig
 from ..loading import load_model, reference_generation_config, save_checkpoint
@@ -43,6 +45,8 @@ TRAIN_SEED = 0
 CLICK_WEIGHT = 0.5
 DC_WEIGHT = 1.0
 ATTRIBUTE_WEIGHT = 0.5
+OPTIMIZER_STATE = "optimizer.pt"
+"""AdamW's state beside the checkpoint (``torch.save``; loaded with ``weights_only``), for ``--resume``."""
 
 TASK_MIX = {
     "referring_seg": 0.26, "reasoning_seg": 0.08, "mask_region": 0.16, "ref_caption": 0.14,
@@ -191,60 +195,153 @@ def make_optimizer(model: UniPixelForConditionalGeneration, lr: float) -> torch.
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98))
 
 
+LOGGED = (
+    "lm", "vision_dc", "attributes", "focal", "dice", "iou", "object", "click_focal", "click_dice", "click_iou", "click_object",
+)
+"""Loss terms of the log, in a fixed order (workers average them over the whole batch)."""
+
+
 def train(args: argparse.Namespace) -> Path:
-    """Build, train and save; returns the checkpoint directory."""
+    """Build, train and save; returns the checkpoint directory. With ``--workers N`` the batch is split over
+    N processes (data parallel, gloo): the same optimisation as ``--accumulate N`` in one process, N times faster
+    where N cores are free."""
+    if args.workers == 1:
+        return _train_worker(0, args, None)
+    port = _free_port()
+    mp.spawn(_train_worker, args=(args, port), nprocs=args.workers, join=True)
+    return Path(args.out)
+
+
+def average_gradients(model: torch.nn.Module) -> None:
+    """Sum every worker's gradients (each already divided by the global batch) in one flat all-reduce.
+
+    Flat, with zeros for parameters a worker's samples did not reach, so every worker sends the same layout;
+    a parameter no worker reached gets no gradient, as in one process (AdamW then leaves it alone).
+    """
+    params = list(model.parameters())
+    reached = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)
+    flat = torch.cat([p.grad.flatten() if p.grad is not None else p.new_zeros(p.numel()) for p in params])
+    dist.all_reduce(flat)
+    dist.all_reduce(reached)
+    for param, grad, used in zip(params, flat.split([p.numel() for p in params]), reached.tolist()):
+        param.grad = grad.view_as(param) if used else None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _train_worker(rank: int, args: argparse.Namespace, port: int | None) -> Path:
+    """One process of the run: worker ``rank`` of ``args.workers`` (rank 0 logs and saves)."""
+    if port is not None:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=args.workers)
     seed_everything(args.seed)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sizes = Sizes()
-    if args.resume:
-        model, processor = load_model(out)
-        first = json.loads((out / "training_args.json").read_text())["step"]
-        print(f"resuming {out} at step {first}", flush=True)
+    history: list[dict] = []
+    if args.resume or args.init:
+        source = out if args.resume else Path(args.init)
+        model, processor = load_model(source)
+        recorded = json.loads((source / "training_args.json").read_text())
+        history = recorded.get("history", [])
+        first = recorded["step"] if args.resume else 0
+        if args.init:  # a new phase: fresh optimiser and schedule, the data stream goes on after the init's samples
+            history = history + [{k: recorded[k] for k in ("step", "samples", "args") if k in recorded}]
+        print(f"{'resuming' if args.resume else 'starting from'} {source} at step {first}", flush=True)
     else:
         processor = build_processor(train_tokenizer(shapes_corpus(args.corpus), vocab_size=args.vocab))
         model = build_model(build_config(processor.tokenizer, sizes))
         first = 0
     model.train()
     optimizer = make_optimizer(model, args.lr)
-    clicks = torch.Generator().manual_seed(args.seed + first)
-    window: dict[str, list[float]] = {}
+    state = out / OPTIMIZER_STATE
+    resumed_moments = args.resume and state.exists()
+    if resumed_moments:
+        optimizer.load_state_dict(torch.load(state, weights_only=True))
+    if port is not None:
+        for tensor in model.state_dict().values():  # every worker starts from rank 0's weights
+            dist.broadcast(tensor, 0)
+    offset = sum(consumed(phase) for phase in history)  # the data stream goes on after earlier phases' samples
+    batch = args.accumulate * args.workers
+    window = torch.zeros(2, len(LOGGED), dtype=torch.float64)  # sums and counts of the logged terms
     started = time.time()
-    with (out / "train_log.jsonl").open("a" if args.resume else "w") as log:
-        for step in range(first, args.steps):
-            # a resumed run restarts AdamW's moments, so it warms up again briefly
-            rewarm = min(1.0, (step - first + 1) / args.warmup) if first else 1.0
-            lr = rewarm * learning_rate(step, args.steps, args.lr, args.warmup)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            for micro in range(args.accumulate):
-                sample = training_sample(TRAIN_SEED, step * args.accumulate + micro, args.task_mix, args.video_prob, args.max_frames)
-                example = encode(processor, sample, model.config.sam2_image_size, sam_frames=args.sam_frames)
-                terms = training_loss(model, example, args.loss_size, clicks)
-                (sum(terms.values()) / args.accumulate).backward()
-                for key, value in terms.items():
-                    window.setdefault(key, []).append(float(value.detach()))
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if (step + 1) % args.log_every == 0:
-                record = {"step": step + 1, "lr": lr, "elapsed_s": round(time.time() - started, 1)}
-                record.update({key: round(float(np.mean(values)), 5) for key, values in window.items()})
-                window.clear()
+    appending = args.resume or (args.init and (out / "train_log.jsonl").exists())  # a new phase extends the log
+    log = (out / "train_log.jsonl").open("a" if appending else "w") if rank == 0 else None
+    for step in range(first, args.steps):
+        # a run resumed without its AdamW moments warms up again briefly
+        rewarm = min(1.0, (step - first + 1) / args.warmup) if first and not resumed_moments else 1.0
+        lr = rewarm * learning_rate(step, args.steps, args.lr, args.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for micro in range(args.accumulate):
+            index = offset + step * batch + rank * args.accumulate + micro
+            sample = training_sample(TRAIN_SEED, index, args.task_mix, args.video_prob, args.max_frames)
+            example = encode(processor, sample, model.config.sam2_image_size, sam_frames=args.sam_frames)
+            clicks = torch.Generator().manual_seed(args.seed * 1_000_003 + index)  # the same whichever worker draws it
+            terms = training_loss(model, example, args.loss_size, clicks)
+            (sum(terms.values()) / batch).backward()
+            for key, value in terms.items():
+                window[:, LOGGED.index(key)] += torch.tensor([float(value.detach()), 1.0], dtype=torch.float64)
+        if port is not None:
+            average_gradients(model)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % args.log_every == 0:
+            if port is not None:
+                dist.all_reduce(window)
+            if log is not None:
+                record = {"phase": len(history), "step": step + 1, "lr": lr, "elapsed_s": round(time.time() - started, 1)}
+                record.update({key: round(float(window[0, i] / window[1, i]), 5) for i, key in enumerate(LOGGED) if window[1, i]})
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 print(" ".join(f"{key}={value}" for key, value in record.items()), flush=True)
-            if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-                save(model, processor, out, args, sizes, step + 1)
+            window.zero_()
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            if rank == 0:
+                save(model, processor, out, args, sizes, step + 1, history)
+                torch.save(optimizer.state_dict(), state)
+            if out_of_time(started, args.time_limit, port is not None):
+                print(f"time limit reached: stopped after the checkpoint of step {step + 1}", flush=True)
+                break
+    if log is not None:
+        log.close()
+    if port is not None:
+        dist.destroy_process_group()
     return out
 
 
-def save(model: UniPixelForConditionalGeneration, processor, out: Path, args: argparse.Namespace, sizes: Sizes, step: int) -> None:
-    """Checkpoint in the released format, plus the recipe that produced it."""
+def out_of_time(started: float, limit: float | None, distributed: bool) -> bool:
+    """Whether ``limit`` seconds have passed since ``started``, as rank 0 sees it (so all workers stop together)."""
+    flag = torch.tensor([limit is not None and time.time() - started > limit], dtype=torch.int32)
+    if distributed:
+        dist.broadcast(flag, 0)
+    return bool(flag)
+
+
+def consumed(recipe: dict) -> int:
+    """Conversations a saved phase trained on (``samples``; older records: steps x accumulate x workers)."""
+    args = recipe["args"]
+    return recipe.get("samples", recipe["step"] * args.get("accumulate", 1) * args.get("workers", 1))
+
+
+def save(
+    model: UniPixelForConditionalGeneration, processor, out: Path, args: argparse.Namespace, sizes: Sizes, step: int,
+    history: list[dict] | None = None,
+) -> None:
+    """Checkpoint in the released format, plus the recipe that produced it (``history``: the earlier phases of
+    an ``--init`` chain; ``samples``: conversations this phase has trained on)."""
     save_checkpoint(model, processor, out)
-    recipe = {"step": step, "args": vars(args), "sizes": asdict(sizes)}
+    recipe = {"step": step, "samples": step * args.accumulate * args.workers, "args": vars(args), "sizes": asdict(sizes)}
+    if history:
+        recipe["history"] = history
     (out / "training_args.json").write_text(json.dumps(recipe, indent=2) + "\n")
 
 
@@ -252,7 +349,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="checkpoint directory")
     parser.add_argument("--steps", type=int, default=10000, help="optimiser steps")
-    parser.add_argument("--accumulate", type=int, default=1, help="conversations per optimiser step")
+    parser.add_argument("--accumulate", type=int, default=1, help="conversations per optimiser step and worker")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="data-parallel processes (gloo on this machine); the batch is accumulate x workers")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=300, help="warm-up steps")
     parser.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
@@ -264,11 +363,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--corpus", type=int, default=2000, help="shapes conversations the tokenizer is trained on")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run checkpointed in --out from its last saved step (weights and data stream; "
-                             "AdamW restarts with a short warm-up)")
+                        help="continue the run checkpointed in --out from its last saved step (weights, data stream and, "
+                             f"when {OPTIMIZER_STATE} is there, AdamW's moments; else AdamW re-warms briefly)")
+    parser.add_argument("--init", help="start a new phase from this checkpoint's weights: fresh optimiser and schedule, "
+                                       "the data stream continuing after the samples it was trained on")
     parser.add_argument("--task-mix", type=json.loads, default=TASK_MIX, help="JSON {task: weight} of the training stream")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--log-every", type=int, default=100, help="steps per line of train_log.jsonl (mean losses)")
+    parser.add_argument("--time-limit", type=float,
+                        help="seconds after which the run stops at its next checkpoint (continue it with --resume)")
     parser.add_argument("--save-every", type=int, default=500, help="steps between checkpoints (same directory)")
     return parser.parse_args(argv)
 
