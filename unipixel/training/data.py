@@ -99,6 +99,17 @@ def prompt_inputs(sample: shapes.Sample, grid_thw: torch.Tensor, image_size: int
     return out
 
 
+def token_owners(masks: np.ndarray, grid_thw: torch.Tensor, min_cover: float = 0.25) -> torch.Tensor:
+    """Per merged visual token (raster order, first frame of each temporal slot): the index of the object of
+    ``masks`` ``(N, T, H, W)`` covering at least ``min_cover`` of its 28x28 cell, else -1."""
+    t, h, w = (int(v) for v in grid_thw[0])
+    frames = masks[:, [min(2 * slot, masks.shape[1] - 1) for slot in range(t)]]  # (N, t, H, W)
+    cover = F.interpolate(torch.from_numpy(frames).float(), size=(h // 2, w // 2), mode="area")  # (N, t, h/2, w/2)
+    best, owner = cover.max(dim=0)
+    owner[best < min_cover] = -1
+    return owner.flatten()
+
+
 def attribute_labels(sample: shapes.Sample, input_ids: torch.Tensor, grid_thw: torch.Tensor, tokenizer,
                      min_cover: float = 0.25) -> torch.Tensor:
     """Auxiliary targets ``(2, L)``: the colour word and the shape word of the object at each position.
@@ -112,14 +123,9 @@ def attribute_labels(sample: shapes.Sample, input_ids: torch.Tensor, grid_thw: t
     ids = input_ids[0]
     words = lambda obj: [tokenizer.encode(" " + w, add_special_tokens=False)[0] for w in (obj.colour, obj.shape)]  # noqa: E731
     out = torch.full((2, ids.shape[0]), IGNORE, dtype=torch.long)
-    t, h, w = (int(v) for v in grid_thw[0])
-    frames = sample.masks[:, [min(2 * slot, sample.masks.shape[1] - 1) for slot in range(t)]]  # (N, t, H, W)
-    cover = F.interpolate(torch.from_numpy(frames).float(), size=(h // 2, w // 2), mode="area")  # (N, t, h/2, w/2)
-    best, owner = cover.max(dim=0)
-    owner[best < min_cover] = -1
     table = torch.tensor([words(obj) for obj in sample.objects] + [[IGNORE, IGNORE]])  # row -1: nothing
     video = torch.nonzero(ids == tokenizer.convert_tokens_to_ids("<|video_pad|>")).flatten()
-    out[:, video] = table[owner.flatten()].T
+    out[:, video] = table[token_owners(sample.masks, grid_thw, min_cover)].T
     mem_objects = [p.obj for p in sample.mem_prompts for _ in shapes.mem_slots(p.mask)]
     for token, objects in (("<|mem|>", mem_objects), ("<|ref|>", [p.obj for p in sample.ref_prompts])):
         positions = torch.nonzero(ids == tokenizer.convert_tokens_to_ids(token)).flatten()

@@ -253,7 +253,7 @@ def _train_worker(rank: int, args: argparse.Namespace, port: int | None) -> Path
         history = recorded.get("history", [])
         first = recorded["step"] if args.resume else 0
         if args.init:  # a new phase: fresh optimiser and schedule, the data stream goes on after the init's samples
-            history = history + [{k: recorded[k] for k in ("step", "samples", "args") if k in recorded}]
+            history = history + [{k: recorded[k] for k in ("step", "samples", "args", "vision_stage") if k in recorded}]
         print(f"{'resuming' if args.resume else 'starting from'} {source} at step {first}", flush=True)
     else:
         processor = build_processor(train_tokenizer(shapes_corpus(args.corpus), vocab_size=args.vocab))
