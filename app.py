@@ -14,6 +14,7 @@ import atexit
 import ctypes
 import functools
 import html
+import inspect
 import json
 import logging
 import os
@@ -381,7 +382,27 @@ def build() -> gr.Blocks:
             return {state: v, status: _status(f"⚠️ {html.escape(message)}", "warn")}
 
         def guarded(fn):
-            """Every handler: unexpected errors become a clear message; the server keeps serving."""
+            """Every handler (a function or a generator of updates): unexpected errors become a clear message;
+            the server keeps serving."""
+            def failed(err: Exception) -> dict:
+                log.exception("handler %s failed", fn.__name__)
+                gr.Warning(f"Something went wrong: {err}")
+                return {status: _status(f"⚠️ Something went wrong ({type(err).__name__}: {html.escape(str(err))}). "
+                                        "The page still works.", "warn")}
+
+            if inspect.isgeneratorfunction(fn):
+                @functools.wraps(fn)
+                def streaming(*args, **kwargs):
+                    try:
+                        yield from fn(*args, **kwargs)
+                    except gr.Error:
+                        raise
+                    except Exception as err:  # noqa: BLE001 - shown to the visitor, logged in full
+                        yield failed(err)
+                    finally:
+                        release_memory()
+                return streaming
+
             @functools.wraps(fn)
             def wrapper(*args, **kwargs):
                 try:
@@ -389,10 +410,7 @@ def build() -> gr.Blocks:
                 except gr.Error:
                     raise
                 except Exception as err:  # noqa: BLE001 - shown to the visitor, logged in full
-                    log.exception("handler %s failed", fn.__name__)
-                    gr.Warning(f"Something went wrong: {err}")
-                    return {status: _status(f"⚠️ Something went wrong ({type(err).__name__}: {html.escape(str(err))}). "
-                                            "The page still works.", "warn")}
+                    return failed(err)
                 finally:
                     release_memory()
             return wrapper
@@ -580,10 +598,12 @@ def build() -> gr.Blocks:
 
         @guarded
         def on_ask(frames, dense, max_tokens, fr, tl, rtag, v, request: gr.Request, progress=gr.Progress()):
-            """Step 2: the model turn (GPU), then the results."""
+            """Step 2: the model turn (GPU), then the results: the answer and its image overlay first, the overlay
+            video and the downloads once encoded (a video's encoding stays off the text reply's critical path)."""
             v = _visitor(v, request)
             if not v.asking or v.media is None:
-                return {state: v}
+                yield {state: v}
+                return
             q, pending = v.asking.pop(0)
             prompts = [ui.to_session_prompt(p) for p in pending]
             dense_ok = bool(dense) and v.dense_possible()
@@ -613,6 +633,8 @@ def build() -> gr.Blocks:
             v.pending = [p for p in v.pending if not any(p is s for s in sent)]
             v.turns.append(turn)
             v.visible, v.highlight = None, None
+            if v.is_video and v.objects:  # the answer now; the overlay video (seconds for long clips) follows
+                yield {**view(v, fr, tl, rtag, result=True, video=False), status: _status("Encoding the overlay video…")}
             progress(0.92, desc="Encoding results")
             out = view(v, fr, tl, rtag, result=True, files=True)
             previous = [{"question": t.question, "prompts": ui.prompts_to_json(t.prompts)}
@@ -624,7 +646,7 @@ def build() -> gr.Blocks:
             problem = turn.error or dense_error
             out[status] = (_status(f"⚠️ {html.escape(problem)}", "warn") if problem else
                            _status(f"Turn {len(v.turns)}: {n} object{'s' * (n != 1)} · {turn.reply.timings.get('total', 0):.1f} s"))
-            return out
+            yield out
 
         @guarded
         def on_refine(rtag, fr, tl, v, request: gr.Request, progress=gr.Progress()):

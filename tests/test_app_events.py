@@ -1,0 +1,55 @@
+"""The app's model turn streams: a video turn's answer (chat, chips, image overlay) reaches the page before its
+overlay video and downloads are encoded; an image turn arrives in one update."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.robustness.app_client import UIVisitor, running_app
+from unipixel.engine import BUNDLED_MODEL, load_engine
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def live():
+    with running_app(load_engine(str(BUNDLED_MODEL))) as app:
+        yield app
+
+
+def _updates(visitor: UIVisitor, question: str) -> list[dict]:
+    """Every update ``on_ask`` sent, keyed by elem_id (``None``: the component was left unchanged)."""
+    visitor.call("/on_submit", question, 32)
+    job = visitor.client.submit(8, True, 32, 0, "Point / box", None, api_name="/on_ask")
+    job.result()
+    names = visitor.outputs["/on_ask"]
+    updates = []
+    for values in job.outputs():
+        shown = {}
+        for key, value in zip(names, values):
+            if isinstance(value, dict) and value.get("__type__") == "update":
+                value = value.get("value") if "value" in value else None
+            shown[key] = value
+        updates.append(shown)
+    return updates
+
+
+def test_video_answer_arrives_before_its_overlay_video(live):
+    visitor = UIVisitor(live)
+    visitor.upload(EXAMPLES / "moving_shapes.mp4")
+    first, *rest = _updates(visitor, "Please segment the green square in this video.")
+    assert rest, "a video turn with objects streams its answer first"
+    assert "obj_1" in str(first["chat"]) and first["result_img"] is not None
+    assert "Encoding the overlay video" in str(first["status"])
+    assert first["result_video"] is None and first["dl_overlay"] is None
+    last = rest[-1]
+    assert str(last["result_video"]).endswith(".mp4") and last["dl_overlay"] is not None
+    assert "Turn 1" in str(last["status"])
+
+
+def test_image_answer_arrives_in_one_update(live):
+    visitor = UIVisitor(live)
+    visitor.upload(EXAMPLES / "shapes_grey.png")
+    updates = _updates(visitor, "Please segment the red circle in this image.")
+    assert len(updates) == 1 and "Turn 1" in str(updates[0]["status"])
