@@ -384,36 +384,25 @@ def build() -> gr.Blocks:
         def guarded(fn):
             """Every handler (a function or a generator of updates): unexpected errors become a clear message;
             the server keeps serving."""
-            def failed(err: Exception) -> dict:
-                log.exception("handler %s failed", fn.__name__)
-                gr.Warning(f"Something went wrong: {err}")
-                return {status: _status(f"⚠️ Something went wrong ({type(err).__name__}: {html.escape(str(err))}). "
-                                        "The page still works.", "warn")}
-
-            if inspect.isgeneratorfunction(fn):
-                @functools.wraps(fn)
-                def streaming(*args, **kwargs):
-                    try:
-                        yield from fn(*args, **kwargs)
-                    except gr.Error:
-                        raise
-                    except Exception as err:  # noqa: BLE001 - shown to the visitor, logged in full
-                        yield failed(err)
-                    finally:
-                        release_memory()
-                return streaming
-
-            @functools.wraps(fn)
-            def wrapper(*args, **kwargs):
+            def updates(*args, **kwargs):
                 try:
-                    return fn(*args, **kwargs)
+                    if inspect.isgeneratorfunction(fn):
+                        yield from fn(*args, **kwargs)
+                    else:
+                        yield fn(*args, **kwargs)
                 except gr.Error:
                     raise
                 except Exception as err:  # noqa: BLE001 - shown to the visitor, logged in full
-                    return failed(err)
+                    log.exception("handler %s failed", fn.__name__)
+                    gr.Warning(f"Something went wrong: {err}")
+                    yield {status: _status(f"⚠️ Something went wrong ({type(err).__name__}: {html.escape(str(err))}). "
+                                           "The page still works.", "warn")}
                 finally:
                     release_memory()
-            return wrapper
+
+            if inspect.isgeneratorfunction(fn):
+                return functools.wraps(fn)(updates)
+            return functools.wraps(fn)(lambda *args, **kwargs: [*updates(*args, **kwargs)][-1])
 
         # ------------------------------------------------------------------------------ handlers
         @guarded
