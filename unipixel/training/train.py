@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import random
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -207,8 +208,8 @@ def train(args: argparse.Namespace) -> Path:
     where N cores are free."""
     if args.workers == 1:
         return _train_worker(0, args, None)
-    port = _free_port()
-    mp.spawn(_train_worker, args=(args, port), nprocs=args.workers, join=True)
+    with tempfile.TemporaryDirectory(prefix="unipixel-train-") as rendezvous:
+        mp.spawn(_train_worker, args=(args, f"file://{rendezvous}/store"), nprocs=args.workers, join=True)
     return Path(args.out)
 
 
@@ -227,18 +228,12 @@ def average_gradients(model: torch.nn.Module) -> None:
         param.grad = grad.view_as(param) if used else None
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _train_worker(rank: int, args: argparse.Namespace, port: int | None) -> Path:
-    """One process of the run: worker ``rank`` of ``args.workers`` (rank 0 logs and saves)."""
-    if port is not None:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=args.workers)
+def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -> Path:
+    """One process of the run: worker ``rank`` of ``args.workers`` (rank 0 logs and saves); ``rendezvous``: the
+    process group's init method (``None``: a single process)."""
+    distributed = rendezvous is not None
+    if distributed:
+        dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=args.workers)
     seed_everything(args.seed)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -265,7 +260,7 @@ def _train_worker(rank: int, args: argparse.Namespace, port: int | None) -> Path
     resumed_moments = args.resume and state.exists()
     if resumed_moments:
         optimizer.load_state_dict(torch.load(state, weights_only=True))
-    if port is not None:
+    if distributed:
         for tensor in model.state_dict().values():  # every worker starts from rank 0's weights
             dist.broadcast(tensor, 0)
     offset = sum(consumed(phase) for phase in history)  # the data stream goes on after earlier phases' samples
@@ -289,13 +284,13 @@ def _train_worker(rank: int, args: argparse.Namespace, port: int | None) -> Path
             (sum(terms.values()) / batch).backward()
             for key, value in terms.items():
                 window[:, LOGGED.index(key)] += torch.tensor([float(value.detach()), 1.0], dtype=torch.float64)
-        if port is not None:
+        if distributed:
             average_gradients(model)
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if (step + 1) % args.log_every == 0:
-            if port is not None:
+            if distributed:
                 dist.all_reduce(window)
             if log is not None:
                 record = {"phase": len(history), "step": step + 1, "lr": lr, "elapsed_s": round(time.time() - started, 1)}
@@ -308,12 +303,12 @@ def _train_worker(rank: int, args: argparse.Namespace, port: int | None) -> Path
             if rank == 0:
                 save(model, processor, out, args, sizes, step + 1, history)
                 torch.save(optimizer.state_dict(), state)
-            if out_of_time(started, args.time_limit, port is not None):
+            if out_of_time(started, args.time_limit, distributed):
                 print(f"time limit reached: stopped after the checkpoint of step {step + 1}", flush=True)
                 break
     if log is not None:
         log.close()
-    if port is not None:
+    if distributed:
         dist.destroy_process_group()
     return out
 
