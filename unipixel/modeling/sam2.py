@@ -256,25 +256,24 @@ class UniPixelSAM2(SAM2VideoPredictor):
     ) -> TrackResult:
         """Segment N objects, each prompted by its `(k, C)` hidden tokens in `hidden` `(N, k, C)`.
 
-        Per object (spec §2.2): a fresh state, the hidden tokens on frame 0 as the initial
-        conditioning frame, forward propagation with memory, low-res logits resized to `frame_size`
-        `(H, W)`. With `batch_mode` (spec §2.3) every frame is its own one-frame video instead.
+        Per object (spec §2.2): the hidden tokens on frame 0 as the initial conditioning frame, forward
+        propagation with memory, low-res logits resized to `frame_size` `(H, W)`. With `batch_mode` (spec
+        §2.3) every frame is its own one-frame video instead. All N objects go through each frame in one
+        batched pass (stock 1.1.0 loops over objects; each object still only attends to its own memory, so
+        the result is the per-object one), then each gets its own stock state for `refine`.
         """
-        results = []
-        for tokens in hidden:
-            if batch_mode:
-                videos = [features.select(t) for t in range(features.num_frames)]
-            else:
-                videos = [features]
-            states = [self.init_state(video, frame_size) for video in videos]
-            for state in states:
-                self.add_new_hidden_state(state, frame_idx=0, obj_id=0, hidden=tokens[None])
-            results.append(self._collect(states))
-        if not results:
+        if not len(hidden):
             T, (H, W) = features.num_frames, frame_size
             empty = features.frames.new_empty
             return TrackResult(empty(0, T, H, W), empty(0, T), empty(0, T), [])
-        return TrackResult.cat(results)
+        videos = [features.select(t) for t in range(features.num_frames)] if batch_mode else [features]
+        states = [self.init_state(video, frame_size) for video in videos]
+        for state in states:
+            state[OBJECTS_IN_BATCH] = len(hidden)
+            self.add_new_hidden_state(state, frame_idx=0, obj_id=0, hidden=hidden)
+        result = self._collect(states)
+        result.states = [[_object_state(state, n) for state in states] for n in range(len(hidden))]
+        return result
 
     @torch.inference_mode()
     def refine(self, states: list[dict], frame_idx: int, clicks: Sequence[tuple[float, float, int]]) -> TrackResult:
@@ -320,7 +319,7 @@ class UniPixelSAM2(SAM2VideoPredictor):
 
     @torch.inference_mode()
     def add_new_hidden_state(self, inference_state: dict, frame_idx: int, obj_id: int, hidden: Tensor) -> None:
-        """Prompt a new object on an untracked frame with `(1, k, C)` hidden tokens (F3).
+        """Prompt a new object on an untracked frame with `(B, k, C)` hidden tokens (F3; B objects batched).
 
         The frame is decoded as an initial conditioning frame without memory, points or mask; the
         output waits in the temporary dict, like stock `add_new_points_or_box`, until propagation
@@ -335,7 +334,7 @@ class UniPixelSAM2(SAM2VideoPredictor):
                 inference_state=inference_state,
                 output_dict=inference_state["output_dict_per_obj"][obj_idx],
                 frame_idx=frame_idx,
-                batch_size=1,
+                batch_size=len(hidden),
                 is_init_cond_frame=True,
                 point_inputs=None,
                 mask_inputs=None,
@@ -370,7 +369,9 @@ class UniPixelSAM2(SAM2VideoPredictor):
         return features, pos
 
     def _run_single_frame_inference(self, inference_state: dict, *args, **kwargs) -> tuple[dict, Tensor]:
-        """Stock frame inference; the stored output also gets `iou` and memory in the SAM 2 dtype."""
+        """Stock frame inference over the state's batch of objects; the stored output also gets `iou` and
+        memory in the SAM 2 dtype."""
+        kwargs["batch_size"] = inference_state.get(OBJECTS_IN_BATCH, 1)
         self._scratch.clear()
         out, pred_masks = super()._run_single_frame_inference(inference_state, *args, **kwargs)
         out["iou"] = self._scratch["iou"]
@@ -379,7 +380,9 @@ class UniPixelSAM2(SAM2VideoPredictor):
         return out, pred_masks
 
     def _run_memory_encoder(self, inference_state: dict, *args, **kwargs) -> tuple[Tensor, list[Tensor]]:
-        """Stock memory encoding of a prompted frame, with memory kept in the SAM 2 dtype (N13)."""
+        """Stock memory encoding of a prompted frame (the state's batch of objects), with memory kept in the
+        SAM 2 dtype (N13)."""
+        kwargs["batch_size"] = inference_state.get(OBJECTS_IN_BATCH, 1)
         _, pos = super()._run_memory_encoder(inference_state, *args, **kwargs)
         return self._scratch.pop("maskmem_features").to(inference_state["storage_device"]), pos
 
@@ -393,7 +396,7 @@ class UniPixelSAM2(SAM2VideoPredictor):
     # ------------------------------------------------------------------------------- helpers
 
     def _collect(self, states: list[dict]) -> TrackResult:
-        """Propagate each state (object 0) forward and gather its frames in order (N = 1 result)."""
+        """Propagate each state (stock object 0, a batch of N objects) forward and gather its frames in order."""
         logits, ious, scores = [], [], []
         for state in states:
             outputs = state["output_dict_per_obj"][0]
@@ -401,10 +404,36 @@ class UniPixelSAM2(SAM2VideoPredictor):
                 out = outputs["cond_frame_outputs"].get(t)
                 if out is None:
                     out = outputs["non_cond_frame_outputs"][t]
-                logits.append(video_res_masks[0, 0])
-                ious.append(out["iou"][0])
-                scores.append(out["object_score_logits"][0, 0])
-        return TrackResult(torch.stack(logits)[None], torch.stack(ious)[None], torch.stack(scores)[None], [states])
+                logits.append(video_res_masks[:, 0])
+                ious.append(out["iou"])
+                scores.append(out["object_score_logits"][:, 0])
+        return TrackResult(torch.stack(logits, 1), torch.stack(ious, 1), torch.stack(scores, 1), [states])
+
+
+OBJECTS_IN_BATCH = "unipixel_objects"
+"""Key of an inference state: how many objects its stock object 0 carries along the batch axis."""
+
+
+def _object_state(state: dict, n: int) -> dict:
+    """Object `n` of a batched, propagated state as a stock one-object state (views, no copies), for `refine`."""
+    def pick(value):
+        if isinstance(value, Tensor) and value.dim() and value.shape[0] == batch:
+            return value[n:n + 1]
+        if isinstance(value, list):
+            return [pick(v) for v in value]
+        return value
+
+    batch = state[OBJECTS_IN_BATCH]
+    if batch == 1:
+        return state
+    outputs = {
+        key: {t: {name: pick(v) for name, v in out.items()} for t, out in frames.items()}
+        for key, frames in state["output_dict_per_obj"][0].items()
+    }
+    return {**state, OBJECTS_IN_BATCH: 1, "output_dict_per_obj": {0: outputs},
+            "frames_tracked_per_obj": {0: dict(state["frames_tracked_per_obj"][0])},
+            "temp_output_dict_per_obj": {0: {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}},
+            "point_inputs_per_obj": {0: {}}, "mask_inputs_per_obj": {0: {}}}
 
 
 ALLOWED_TARGETS = "sam2.modeling."
