@@ -7,6 +7,8 @@ The reference vendors a modified SAM 2; here the stock package is composed inste
   pre-fills the stock per-frame feature cache, so several objects and several chat turns share it;
 * two hidden tokens per object are appended after the padding points of the sparse prompt on the
   initial conditioning frame (F1-F3);
+* all objects of a turn ride the batch axis of one stock state and go through each frame together
+  (stock 1.1.0 runs one object at a time), then each gets its own stock state for click correction;
 * with bfloat16 weights everything runs in pure bfloat16 without autocast, with the reference's
   float32 islands and casts (N1, N3-N7, N9, N11-N15), and memory features stay in the SAM 2 dtype
   (N13: stock would round them to bfloat16 even for a float32 model).
