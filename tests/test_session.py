@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import GOLDEN, requires_golden
+from unipixel import limits
 from unipixel.engine import Engine, load_engine
 from unipixel.processing.prompts import BoxPrompt, MaskPrompt, PointPrompt
 from unipixel.rendering import color_for, write_mp4
@@ -325,3 +326,22 @@ def test_dense_tracking_needs_a_video(session) -> None:
     session.ask(IMAGE_QUESTION)
     with pytest.raises(ValueError, match="dense tracking needs a video"):
         session.track_dense()
+
+
+@pytest.mark.parametrize("per_pass", [1, 4])
+def test_track_dense_batches_objects_with_their_corrections(session, tmp_path, monkeypatch, per_pass) -> None:
+    """Objects go through SAM 2 together (at most DENSE_OBJECTS_PER_PASS at once); each keeps its own clicks."""
+    session.open(write_video(tmp_path / "clip.mp4"), num_frames=4)
+    first = session.ask(TRACK_QUESTION).objects[0]
+    second = session.ask("Track the purple circle in this video again.").objects[0]
+    session.refine(second.tag, [(20.0, 20.0, 0)], frame=1)
+    monkeypatch.setattr(limits, "DENSE_OBJECTS_PER_PASS", per_pass)
+    passes = spy(monkeypatch, session.engine.model.sam2, "track")
+    session.track_dense()
+    assert len(passes) == (2 if per_pass == 1 else 1)
+    alone = ChatSession(session.engine)
+    alone.open(session.media_path, num_frames=4)
+    expected = alone.ask(TRACK_QUESTION).objects[0]
+    alone.track_dense()
+    assert (first.dense_masks == expected.dense_masks).mean() > 0.999
+    assert second.dense_masks.shape == first.dense_masks.shape and (second.dense_masks != first.dense_masks).any()

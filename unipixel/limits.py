@@ -16,7 +16,8 @@ tokens                     ``MAX_NEW_TOKENS`` generated per reply; ``MAX_TURNS``
 images                     ``MAX_IMAGE_PIXELS`` (width × height, decompression bombs included)
 videos                     ``MAX_VIDEO_FRAME_PIXELS`` per frame, ``MAX_VIDEO_SECONDS`` long,
                            ``MAX_SAMPLE_FRAMES`` sampled for the model (``MAX_FRAMES`` for library use),
-                           ``DENSE_FRAMES``/``DENSE_PIXELS`` for dense tracking, ``MAX_ITER_FRAMES`` streamed
+                           ``DENSE_FRAMES``/``DENSE_PIXELS`` for dense tracking (``DENSE_OBJECTS_PER_PASS``
+                           objects at once), ``MAX_ITER_FRAMES`` streamed
 uploads                    ``MAX_UPLOAD_BYTES`` (Gradio refuses larger uploads; the app checks again)
 server memory and files    ``MAX_LIVE_SESSIONS`` decoded media at once, ``STATE_TTL_S`` per visitor state,
                            ``VISITOR_FILES_KEPT`` result files per visitor, ``API_RESULTS_KEPT`` /
@@ -62,6 +63,8 @@ MAX_ITER_FRAMES = 18_000
 DENSE_FRAMES = 240
 #: ... and at most this many pixels over all of them (fewer frames for large videos: masks are kept per frame).
 DENSE_PIXELS = 240 * 640 * 480
+#: Objects dense tracking runs through SAM 2 in one batched pass (each holds float logits of all its frames).
+DENSE_OBJECTS_PER_PASS = 4
 
 # ---------------------------------------------------------------------------------------------- the app
 #: Largest upload accepted by the app (bytes).

@@ -375,15 +375,20 @@ class ChatSession:
         features = sam.encode_frames(sam2_frames(self.dense_frames, self.engine.sam_image_size))
         indices = [f.index for f in decoded]
         position = {index: i for i, index in enumerate(indices)}
-        for done, obj in enumerate(chosen):
-            track = sam.track(features, media.size, obj.prompt[None].to(sam.device))
-            for frame, clicks in obj.corrections:  # refinements carry over to the dense track
-                source = media.frame_indices[frame]
-                if source in position:
-                    track = sam.refine(track.states[0], position[source], clicks)
-            obj.dense_masks = (track.logits[0] > 0).cpu().numpy()
-            obj.dense_indices = indices
-            _report(progress, "tracking", (done + 1) / len(chosen))
+        per_pass = limits.DENSE_OBJECTS_PER_PASS
+        for first in range(0, len(chosen), per_pass):  # objects tracked together, a bounded number at a time
+            group = chosen[first:first + per_pass]
+            track = sam.track(features, media.size, torch.stack([obj.prompt for obj in group]).to(sam.device))
+            for n, obj in enumerate(group):
+                logits = track.logits[n]
+                for frame, clicks in obj.corrections:  # refinements carry over to the dense track
+                    source = media.frame_indices[frame]
+                    if source in position:
+                        logits = sam.refine(track.states[n], position[source], clicks).logits[0]
+                obj.dense_masks = (logits > 0).cpu().numpy()
+                obj.dense_indices = indices
+                _report(progress, "tracking", (first + n + 1) / len(chosen))
+            del track
         return indices
 
     # ------------------------------------------------------------------ helpers
