@@ -151,16 +151,6 @@ class TrackResult:
     object_score: Tensor
     states: list[list[dict]]
 
-    @classmethod
-    def cat(cls, results: Sequence[TrackResult]) -> TrackResult:
-        """Concatenate results along the object axis."""
-        return cls(
-            torch.cat([r.logits for r in results]),
-            torch.cat([r.iou for r in results]),
-            torch.cat([r.object_score for r in results]),
-            [states for r in results for states in r.states],
-        )
-
 
 def _cast_neck_outputs(neck: nn.Module, args: tuple, outputs: tuple[list[Tensor], list[Tensor]]) -> tuple:
     """N9: the FPN top-down path upsamples in float32; return features and encodings in the weight dtype."""
