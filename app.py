@@ -384,9 +384,11 @@ def build() -> gr.Blocks:
         def guarded(fn):
             """Every handler (a function or a generator of updates): unexpected errors become a clear message;
             the server keeps serving."""
+            streaming = inspect.isgeneratorfunction(fn)
+
             def updates(*args, **kwargs):
                 try:
-                    if inspect.isgeneratorfunction(fn):
+                    if streaming:
                         yield from fn(*args, **kwargs)
                     else:
                         yield fn(*args, **kwargs)
@@ -400,7 +402,7 @@ def build() -> gr.Blocks:
                 finally:
                     release_memory()
 
-            if inspect.isgeneratorfunction(fn):
+            if streaming:
                 return functools.wraps(fn)(updates)
             return functools.wraps(fn)(lambda *args, **kwargs: [*updates(*args, **kwargs)][-1])
 
