@@ -14,6 +14,7 @@ from unipixel.processing.vision import load_processor, render_chat
 from unipixel.training import shapes
 from unipixel.training.data import IGNORE, encode, training_sample
 from unipixel.training.tokenizer import QWEN_SPECIAL_TOKENS, UNIPIXEL_TOKENS, build_processor, shapes_corpus, train_tokenizer
+from unipixel.training.grounding import HEAD_FILE, GroundingHead
 from unipixel.training.train import Sizes, build_config, build_model, save, parse_args, training_loss
 
 TINY = Sizes(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vision_hidden=32, vision_depth=2,
@@ -67,11 +68,13 @@ def test_few_steps_reduce_loss_and_checkpoint_reloads(processor, tmp_path):
     model = build_model(build_config(processor.tokenizer, TINY), TINY_SAM2_YAML).train()
     example = encode(processor, _sample("referring_seg", video=True), 128, sam_frames=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    head = GroundingHead(TINY.hidden)
+    optimizer.add_param_group({"params": list(head.parameters())})
     clicks = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(10):
-        terms = training_loss(model, example, loss_size=64, clicks=clicks)
-        assert {"lm", "vision_dc", "attributes", "focal", "dice", "iou", "object", "click_dice"} <= set(terms)
+        terms = training_loss(model, example, loss_size=64, clicks=clicks, head=head)
+        assert {"lm", "vision_dc", "attributes", "grounding", "focal", "dice", "iou", "object", "click_dice"} <= set(terms)
         loss = sum(terms.values())
         loss.backward()
         optimizer.step()
@@ -113,6 +116,10 @@ def test_workers_split_the_batch_like_accumulation(processor, tmp_path):
     assert len(moved) > len(initial) // 2  # the steps really trained
     for key in initial:
         torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-4, atol=1e-5)
+    assert set(weights[1]) == set(initial)  # the grounding head stays out of the checkpoint...
+    heads = [torch.load(tmp_path / run / HEAD_FILE, weights_only=True) for run in ("acc", "dp")]
+    for key in heads[0]:  # ...and is saved beside it, trained alike by both runs
+        torch.testing.assert_close(heads[1][key], heads[0][key], rtol=1e-4, atol=1e-5)
     recipe = json.loads((tmp_path / "dp" / "training_args.json").read_text())
     assert recipe["samples"] == 4 and recipe["history"][0]["step"] == 3
     logged = [json.loads(line) for line in (tmp_path / "dp" / "train_log.jsonl").read_text().splitlines()]

@@ -9,10 +9,12 @@ Each step encodes one shapes conversation exactly as inference would (``data.py`
 * the LM loss on the assistant turns;
 * SAM 2's mask losses (``losses.py``) for every ``<|seg|>``, the SAM 2 prompt taken from the pre-norm
   hidden state before the ``<|seg|>`` through ``seg_head`` as at inference, tracked over the first frames;
-* three auxiliary terms that make learning from scratch feasible in a CPU hour: classic click-prompted
+* four auxiliary terms that make learning from scratch feasible in a CPU hour: classic click-prompted
   SAM 2 on frame 0 (``click_*``), attribute words read by the LM head at every visual, ``<|mem|>`` and
-  ``<|ref|>`` token (``attributes``, see ``data.attribute_labels``), and a penalty on the vision tower's
-  common offset (``vision_dc``, see :func:`common_share`).
+  ``<|ref|>`` token (``attributes``, see ``data.attribute_labels``), a penalty on the vision tower's
+  common offset (``vision_dc``, see :func:`common_share`), and a training-only head that must find each
+  ``<|seg|>``'s objects among the visual tokens from the state that prompts SAM 2 (``grounding``, see
+  ``grounding.py``).
 
 The checkpoint is written in the released format (``save_checkpoint``) every ``--save-every`` steps and
 at the end, with ``training_args.json`` and a JSON-lines log of mean losses beside it.
@@ -38,6 +40,7 @@ from ..loading import load_model, reference_generation_config, save_checkpoint
 from ..modeling.sam2 import build_sam2
 from ..modeling.unipixel import UniPixelForConditionalGeneration, seg_prompt_positions
 from .data import IGNORE, Encoded, encode, training_sample
+from .grounding import HEAD_FILE, GroundingHead, grounding_loss
 from .losses import frame_losses, mask_losses, random_clicks, track_for_training
 from .tokenizer import build_processor, shapes_corpus, train_tokenizer
 
@@ -47,7 +50,6 @@ CLICK_WEIGHT = 0.5
 DC_WEIGHT = 1.0
 ATTRIBUTE_WEIGHT = 0.5
 GROUNDING_WEIGHT = 1.0
-GROUNDING_TEMPERATURE = 0.1
 OPTIMIZER_STATE = "optimizer.pt"
 """AdamW's state beside the checkpoint (``torch.save``; loaded with ``weights_only``), for ``--resume``."""
 
@@ -139,12 +141,13 @@ def build_model(config: UniPixelConfig, sam2_yaml: Path = SAM2_YAML) -> UniPixel
 
 def training_loss(
     model: UniPixelForConditionalGeneration, example: Encoded, loss_size: int, clicks: torch.Generator,
-    masks: bool = True,
+    head: GroundingHead | None = None, grounding_weight: float = GROUNDING_WEIGHT, masks: bool = True,
 ) -> dict[str, torch.Tensor]:
     """All loss terms of one conversation (weighted; the training objective is their sum).
 
-    ``clicks`` draws the random click of the auxiliary SAM 2 task; ``masks=False`` leaves SAM 2 out (a
-    phase that trains the LLM's grounding alone runs about four times faster).
+    ``clicks`` draws the random click of the auxiliary SAM 2 task; ``head`` (training only) adds the
+    grounding term (``grounding_weight``, see ``grounding.py``); ``masks=False`` leaves SAM 2 out (a phase that trains the LLM's grounding alone runs
+    about four times faster).
     """
     inputs = dict(example.inputs)
     features = model.encode_video(inputs.pop("pixel_values_videos"), inputs["video_grid_thw"])
@@ -159,9 +162,9 @@ def training_loss(
         targets = torch.stack(example.targets)
         positions = seg_prompt_positions(example.inputs["input_ids"][0], model.config.seg_token_id)
         states = out["pre_norm_states"][0, positions]
-        if example.grounding is not None and example.grounding.any():
+        if head is not None and example.grounding is not None and example.grounding.any():
             visual = out["pre_norm_states"][0, example.inputs["input_ids"][0] == model.config.video_token_id]
-            terms["grounding"] = GROUNDING_WEIGHT * grounding_loss(states, visual, example.grounding)
+            terms["grounding"] = grounding_weight * grounding_loss(head(states, visual), example.grounding)
         if not masks:
             return terms
         hidden = model.seg_head(states).view(len(positions), model.config.sam2_hidden_tokens, -1)
@@ -169,25 +172,6 @@ def training_loss(
         terms.update(mask_losses(outputs, targets, loss_size))
         terms.update({f"click_{key}": CLICK_WEIGHT * value for key, value in frame_losses(clicked, targets[:, 0], loss_size).items()})
     return terms
-
-
-def grounding_loss(states: torch.Tensor, visual: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """How little of its mass each ``<|seg|>`` state puts on the visual tokens of its own objects.
-
-    ``states`` ``(n, D)``: the pre-norm states that predict the ``<|seg|>`` tokens; ``visual`` ``(V, D)``:
-    the pre-norm states of the visual tokens; ``targets`` ``(n, V)``: which of them show each ``<|seg|>``'s
-    objects (:func:`data.grounding_labels`). A softmax over the visual tokens of the cosine similarities
-    (temperature ``GROUNDING_TEMPERATURE``) must put its mass on the targets. Without this term the state
-    that prompts SAM 2 carried almost nothing about its target (a linear probe read the target's colour at
-    chance), so SAM 2 segmented whichever object was most salient.
-    """
-    has = targets.any(1)
-    if not has.any():
-        return states.new_zeros(())
-    norm = torch.nn.functional.normalize
-    logits = norm(states[has].float(), dim=-1) @ norm(visual.float(), dim=-1).T / GROUNDING_TEMPERATURE
-    inside = logits.masked_fill(~targets[has], float("-inf"))
-    return (logits.logsumexp(-1) - inside.logsumexp(-1)).mean()
 
 
 def common_share(tokens: torch.Tensor) -> torch.Tensor:
@@ -215,7 +199,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: UniPixelForConditionalGeneration, lr: float) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
     """AdamW; no weight decay on biases, norms, embeddings and SAM 2's learned tokens/encodings."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -282,14 +266,18 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
         processor = build_processor(train_tokenizer(shapes_corpus(args.corpus), vocab_size=args.vocab))
         model = build_model(build_config(processor.tokenizer, sizes))
         first = 0
-    model.train()
-    optimizer = make_optimizer(model, args.lr)
+    head = GroundingHead(model.config.text_config.hidden_size) if args.grounding_weight else None
+    if head is not None and args.resume and (out / HEAD_FILE).exists():
+        head.load_state_dict(torch.load(out / HEAD_FILE, weights_only=True))
+    trained = torch.nn.ModuleList([model] + ([head] if head is not None else []))  # what the optimiser updates
+    trained.train()
+    optimizer = make_optimizer(trained, args.lr)
     state = out / OPTIMIZER_STATE
     resumed_moments = args.resume and state.exists()
     if resumed_moments:
         optimizer.load_state_dict(torch.load(state, weights_only=True))
     if distributed:
-        for tensor in model.state_dict().values():  # every worker starts from rank 0's weights
+        for tensor in trained.state_dict().values():  # every worker starts from rank 0's weights
             dist.broadcast(tensor, 0)
     offset = sum(consumed(phase) for phase in history)  # the data stream goes on after earlier phases' samples
     batch = args.accumulate * args.workers
@@ -308,13 +296,13 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
             sample = training_sample(TRAIN_SEED, index, args.task_mix, args.video_prob, args.max_frames)
             example = encode(processor, sample, model.config.sam2_image_size, sam_frames=args.sam_frames)
             clicks = torch.Generator().manual_seed(args.seed * 1_000_003 + index)  # the same whichever worker draws it
-            terms = training_loss(model, example, args.loss_size, clicks, masks=not args.skip_masks)
+            terms = training_loss(model, example, args.loss_size, clicks, head, args.grounding_weight, not args.skip_masks)
             (sum(terms.values()) / batch).backward()
             for key, value in terms.items():
                 window[:, LOGGED.index(key)] += torch.tensor([float(value.detach()), 1.0], dtype=torch.float64)
         if distributed:
-            average_gradients(model)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            average_gradients(trained)
+        torch.nn.utils.clip_grad_norm_(trained.parameters(), args.clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if (step + 1) % args.log_every == 0:
@@ -331,6 +319,8 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
             if rank == 0:
                 save(model, processor, out, args, sizes, step + 1, history)
                 torch.save(optimizer.state_dict(), state)
+                if head is not None:
+                    torch.save(head.state_dict(), out / HEAD_FILE)
             if out_of_time(started, args.time_limit, distributed):
                 print(f"time limit reached: stopped after the checkpoint of step {step + 1}", flush=True)
                 break
@@ -390,6 +380,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"when {OPTIMIZER_STATE} is there, AdamW's moments; else AdamW re-warms briefly)")
     parser.add_argument("--init", help="start a new phase from this checkpoint's weights: fresh optimiser and schedule, "
                                        "the data stream continuing after the samples it was trained on")
+    parser.add_argument("--grounding-weight", type=float, default=GROUNDING_WEIGHT,
+                        help="weight of the grounding term (0: no grounding head)")
     parser.add_argument("--skip-masks", action="store_true",
                         help="leave SAM 2 and its losses out (a phase that trains the LLM's grounding alone)")
     parser.add_argument("--task-mix", type=json.loads, default=TASK_MIX, help="JSON {task: weight} of the training stream")
