@@ -73,7 +73,7 @@ def test_few_steps_reduce_loss_and_checkpoint_reloads(processor, tmp_path):
     clicks = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(10):
-        terms = training_loss(model, example, loss_size=64, clicks=clicks, head=head)
+        terms = training_loss(model, example, loss_size=64, clicks=clicks, head=head, grounding_weight=1.0)
         assert {"lm", "vision_dc", "attributes", "grounding", "focal", "dice", "iou", "object", "click_dice"} <= set(terms)
         loss = sum(terms.values())
         loss.backward()
@@ -107,7 +107,7 @@ def test_workers_split_the_batch_like_accumulation(processor, tmp_path):
     save(build_model(build_config(processor.tokenizer, TINY), TINY_SAM2_YAML), processor, start,
          parse_args(["--out", str(start)]), TINY, step=3)
     common = ["--init", str(start), "--steps", "2", "--warmup", "1", "--threads", "1", "--log-every", "1",
-              "--max-frames", "4", "--sam-frames", "2", "--loss-size", "64"]
+              "--max-frames", "4", "--sam-frames", "2", "--loss-size", "64", "--grounding-weight", "1"]
     train(parse_args(["--out", str(tmp_path / "acc"), "--accumulate", "2", *common]))
     train(parse_args(["--out", str(tmp_path / "dp"), "--workers", "2", *common]))
     weights = [load_file(tmp_path / run / "model.safetensors") for run in ("acc", "dp")]

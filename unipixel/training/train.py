@@ -9,10 +9,11 @@ Each step encodes one shapes conversation exactly as inference would (``data.py`
 * the LM loss on the assistant turns;
 * SAM 2's mask losses (``losses.py``) for every ``<|seg|>``, the SAM 2 prompt taken from the pre-norm
   hidden state before the ``<|seg|>`` through ``seg_head`` as at inference, tracked over the first frames;
-* four auxiliary terms that make learning from scratch feasible in a CPU hour: classic click-prompted
+* three auxiliary terms that make learning from scratch feasible in a CPU hour: classic click-prompted
   SAM 2 on frame 0 (``click_*``), attribute words read by the LM head at every visual, ``<|mem|>`` and
-  ``<|ref|>`` token (``attributes``, see ``data.attribute_labels``), a penalty on the vision tower's
-  common offset (``vision_dc``, see :func:`common_share`), and a training-only head that must find each
+  ``<|ref|>`` token (``attributes``, see ``data.attribute_labels``), and a penalty on the vision tower's
+  common offset (``vision_dc``, see :func:`common_share`);
+* optionally (``--grounding-weight``, off by default) a training-only head that must find each
   ``<|seg|>``'s objects among the visual tokens from the state that prompts SAM 2 (``grounding``, see
   ``grounding.py``).
 
@@ -49,7 +50,8 @@ TRAIN_SEED = 0
 CLICK_WEIGHT = 0.5
 DC_WEIGHT = 1.0
 ATTRIBUTE_WEIGHT = 0.5
-GROUNDING_WEIGHT = 1.0
+GROUNDING_WEIGHT = 0.0
+"""Off in the recipe of the shipped checkpoint; ``--grounding-weight 1`` is the experiment of ``grounding.py``."""
 OPTIMIZER_STATE = "optimizer.pt"
 """AdamW's state beside the checkpoint (``torch.save``; loaded with ``weights_only``), for ``--resume``."""
 
@@ -381,7 +383,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init", help="start a new phase from this checkpoint's weights: fresh optimiser and schedule, "
                                        "the data stream continuing after the samples it was trained on")
     parser.add_argument("--grounding-weight", type=float, default=GROUNDING_WEIGHT,
-                        help="weight of the grounding term (0: no grounding head)")
+                        help="weight of the grounding term (0, the default: no grounding head)")
     parser.add_argument("--skip-masks", action="store_true",
                         help="leave SAM 2 and its losses out (a phase that trains the LLM's grounding alone)")
     parser.add_argument("--task-mix", type=json.loads, default=TASK_MIX, help="JSON {task: weight} of the training stream")
