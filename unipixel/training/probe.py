@@ -1,0 +1,158 @@
+"""What a shapes checkpoint's internal states know, to find where the recipe fails (not a benchmark).
+
+    python -m unipixel.training.probe --model assets/unipixel-shapes [--n 300]
+
+On held-out referring-segmentation images (the evaluation's stream), printed as accuracies next to the
+majority-class baseline:
+
+* visual tokens (the vision tower's merged tokens, the LLM's image input): colour and shape of the object
+  covering each token;
+* ``<|seg|>`` states (the pre-norm state before each ``<|seg|>`` of the teacher-forced answer, the one
+  ``seg_head`` turns into SAM 2's prompt): the target's colour and shape, and which half of the frame
+  holds it;
+* the teacher-forced masks' IoU by how the target can be told apart: the only object, the only one of
+  its colour, the only one of its shape, or neither.
+
+Probes are multinomial logistic regressions on standardised features, trained on the first three
+quarters of the samples and scored on the rest.
+"""
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..loading import load_model
+from ..modeling.unipixel import seg_prompt_positions
+from . import shapes
+from .data import encode, token_owners
+from .evaluate import iou
+
+
+@dataclass
+class Probe:
+    """Held-out accuracy of a linear probe and of always guessing the commonest training label."""
+
+    accuracy: float
+    majority: float
+    samples: int
+
+
+def linear_probe(features: torch.Tensor, labels: torch.Tensor, steps: int = 300, train_share: float = 0.75) -> Probe:
+    """Fit a logistic regression on the first ``train_share`` of ``features`` ``(N, D)`` and score the rest."""
+    split = int(len(labels) * train_share)
+    mean, std = features[:split].mean(0), features[:split].std(0) + 1e-6
+    x = (features - mean) / std
+    classes = int(labels.max()) + 1
+    linear = torch.nn.Linear(x.shape[1], classes)
+    optimizer = torch.optim.Adam(linear.parameters(), lr=1e-2, weight_decay=1e-3)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(linear(x[:split]), labels[:split])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        accuracy = (linear(x[split:]).argmax(-1) == labels[split:]).float().mean()
+    majority = (labels[split:] == labels[:split].mode().values).float().mean()
+    return Probe(float(accuracy), float(majority), len(labels) - split)
+
+
+@dataclass
+class Collected:
+    """Features and labels gathered over the samples."""
+
+    visual: list[torch.Tensor] = field(default_factory=list)
+    visual_labels: list[torch.Tensor] = field(default_factory=list)  # (tokens, 2): colour, shape
+    seg: list[torch.Tensor] = field(default_factory=list)
+    seg_labels: list[list[int]] = field(default_factory=list)  # colour, shape, right half
+    ious: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+
+def difficulty(sample: shapes.Sample, target: int) -> str:
+    """How the target of a referring request can be told apart from the other objects."""
+    objects, obj = sample.objects, sample.objects[target]
+    if len(objects) == 1:
+        return "only object"
+    if sum(o.colour == obj.colour for o in objects) == 1:
+        return "unique colour"
+    if sum(o.shape == obj.shape for o in objects) == 1:
+        return "unique shape"
+    return "neither"
+
+
+@torch.no_grad()
+def collect(model, processor, n: int, seed: int = shapes.HELDOUT_SEED) -> Collected:
+    """Run ``n`` teacher-forced referring requests on images and keep what the probes need."""
+    out = Collected()
+    size = model.config.sam2_image_size
+    for index in range(n):
+        sample = shapes.sample_at(seed, index, task="referring_seg", video=False)
+        example = encode(processor, sample, size)
+        inputs = dict(example.inputs)
+        features = model.encode_video(inputs.pop("pixel_values_videos"), inputs["video_grid_thw"])
+        result = model(**inputs, video_features=features, frames=example.frames, frame_size=example.frame_size,
+                       return_pre_norm_states=True)
+        owners = token_owners(sample.masks, inputs["video_grid_thw"])
+        table = torch.tensor([[shapes.COLOURS_L.index(o.colour), shapes.SHAPES.index(o.shape)] for o in sample.objects])
+        keep = owners >= 0
+        out.visual.append(features[0][keep].float())
+        out.visual_labels.append(table[owners[keep]])
+        positions = seg_prompt_positions(example.inputs["input_ids"][0], model.config.seg_token_id)
+        states = result["pre_norm_states"][0, positions].float()
+        width = sample.masks.shape[-1]
+        for k, objects in enumerate(sample.seg_targets):
+            if len(objects) != 1:
+                continue
+            target = objects[0]
+            obj, xs = sample.objects[target], np.nonzero(sample.masks[target, 0])[1]
+            out.seg.append(states[k])
+            out.seg_labels.append([shapes.COLOURS_L.index(obj.colour), shapes.SHAPES.index(obj.shape),
+                                   int(xs.mean() >= width / 2)])
+            mask = result.masks[k].numpy() if k < len(result.masks) else None
+            out.ious[difficulty(sample, target)].append(iou(mask, sample.masks[target]))
+    return out
+
+
+def report(collected: Collected, log: Callable[[str], None] = print) -> dict[str, float]:
+    """Fit the probes, print one line each, return ``{name: accuracy or mIoU}``."""
+    results: dict[str, float] = {}
+    visual, visual_labels = torch.cat(collected.visual), torch.cat(collected.visual_labels)
+    seg, seg_labels = torch.stack(collected.seg), torch.tensor(collected.seg_labels)
+    probes = {
+        "visual token -> colour": (visual, visual_labels[:, 0]),
+        "visual token -> shape": (visual, visual_labels[:, 1]),
+        "<|seg|> state -> target colour": (seg, seg_labels[:, 0]),
+        "<|seg|> state -> target shape": (seg, seg_labels[:, 1]),
+        "<|seg|> state -> target half": (seg, seg_labels[:, 2]),
+    }
+    for name, (features, labels) in probes.items():
+        probe = linear_probe(features, labels)
+        results[name] = probe.accuracy
+        log(f"{name:34s} {probe.accuracy:.3f}   (majority {probe.majority:.3f}, {probe.samples} held out)")
+    for name in ("only object", "unique colour", "unique shape", "neither"):
+        scores = collected.ious.get(name, [])
+        if scores:
+            results[f"mIoU {name}"] = float(np.mean(scores))
+            log(f"{'mIoU, target: ' + name:34s} {np.mean(scores):.3f}   ({len(scores)} targets)")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint directory")
+    parser.add_argument("--n", type=int, default=300, help="referring requests (images)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model, processor = load_model(args.model)
+    report(collect(model, processor, args.n))
+
+
+if __name__ == "__main__":
+    main()
