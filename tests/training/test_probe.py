@@ -50,4 +50,5 @@ def test_bundled_visual_tokens_carry_colour():
     results = report(collected, log=lines.append)
     assert len(lines) >= 6 and any(line.startswith("mIoU, target:") for line in lines)
     assert results["visual token -> colour"] > 0.9  # the model card's claim (0.99 at n=300)
+    assert len(collected.zero_prompt_agreement) >= len(collected.seg) > 0
     assert all(0.0 <= value <= 1.0 for value in results.values())

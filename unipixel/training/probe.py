@@ -11,7 +11,9 @@ majority-class baseline:
   ``seg_head`` turns into SAM 2's prompt): the target's colour and shape, and which half of the frame
   holds it;
 * the teacher-forced masks' IoU by how the target can be told apart: the only object, the only one of
-  its colour, the only one of its shape, or neither.
+  its colour, the only one of its shape, or neither;
+* how much the masks depend on the prompt at all: their IoU with the masks SAM 2 makes from an all-zero
+  prompt instead of ``seg_head``'s (1.0: the LLM's prompt is ignored).
 
 Probes are multinomial logistic regressions on standardised features, trained on the first three
 quarters of the samples and scored on the rest.
@@ -71,6 +73,7 @@ class Collected:
     seg: list[torch.Tensor] = field(default_factory=list)
     seg_labels: list[list[int]] = field(default_factory=list)  # colour, shape, right half
     ious: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    zero_prompt_agreement: list[float] = field(default_factory=list)
 
 
 def difficulty(sample: shapes.Sample, target: int) -> str:
@@ -102,6 +105,11 @@ def collect(model, processor, n: int, seed: int = shapes.HELDOUT_SEED) -> Collec
         keep = owners >= 0
         out.visual.append(features[0][keep].float())
         out.visual_labels.append(table[owners[keep]])
+        segmentation = result.segmentation
+        if segmentation is not None and segmentation.track is not None:
+            blank = model.sam2.track(model.sam2.encode_frames(example.frames), tuple(example.frame_size),
+                                     torch.zeros_like(segmentation.prompts))
+            out.zero_prompt_agreement += [iou((a > 0).numpy(), m.numpy()) for a, m in zip(blank.logits, result.masks)]
         positions = seg_prompt_positions(example.inputs["input_ids"][0], model.config.seg_token_id)
         states = result["pre_norm_states"][0, positions].float()
         width = sample.masks.shape[-1]
@@ -139,6 +147,9 @@ def report(collected: Collected, log: Callable[[str], None] = print) -> dict[str
         if scores:
             results[f"mIoU {name}"] = float(np.mean(scores))
             log(f"{'mIoU, target: ' + name:34s} {np.mean(scores):.3f}   ({len(scores)} targets)")
+    if collected.zero_prompt_agreement:
+        results["zero-prompt agreement"] = float(np.mean(collected.zero_prompt_agreement))
+        log(f"{'mIoU with an all-zero prompt':34s} {results['zero-prompt agreement']:.3f}   (1.0: the prompt is ignored)")
     return results
 
 
