@@ -15,7 +15,7 @@ from unipixel.training import shapes
 from unipixel.training.data import IGNORE, encode, training_sample
 from unipixel.training.tokenizer import QWEN_SPECIAL_TOKENS, UNIPIXEL_TOKENS, build_processor, shapes_corpus, train_tokenizer
 from unipixel.training.grounding import HEAD_FILE, GroundingHead
-from unipixel.training.train import Sizes, anchor_prompts, build_config, build_model, save, parse_args, training_loss
+from unipixel.training.train import Sizes, build_config, build_model, save, parse_args, training_loss
 
 TINY = Sizes(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vision_hidden=32, vision_depth=2,
              vision_heads=2, vision_intermediate=64, sam2_image_size=128, mrope_section=[1, 2, 1, 1, 2, 1])
@@ -73,9 +73,8 @@ def test_few_steps_reduce_loss_and_checkpoint_reloads(processor, tmp_path):
     clicks = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(10):
-        terms = training_loss(model, example, loss_size=64, clicks=clicks, head=head, grounding_weight=1.0, anchor_weight=1.0)
-        assert {"lm", "vision_dc", "attributes", "grounding", "focal", "dice", "iou", "object", "click_dice",
-                "anchor_dice"} <= set(terms)
+        terms = training_loss(model, example, loss_size=64, clicks=clicks, head=head, grounding_weight=1.0)
+        assert {"lm", "vision_dc", "attributes", "grounding", "focal", "dice", "iou", "object", "click_dice"} <= set(terms)
         loss = sum(terms.values())
         loss.backward()
         optimizer.step()
@@ -94,14 +93,6 @@ def test_few_steps_reduce_loss_and_checkpoint_reloads(processor, tmp_path):
     assert generated.sequences.shape[1] > inputs.inputs["input_ids"].shape[1]
     assert all(m.shape == (1, *inputs.frame_size) and m.dtype == torch.bool for m in generated.masks)
     assert np.isfinite(losses).all()
-
-
-def test_anchor_prompts_average_each_seg_objects_tokens():
-    visual = torch.arange(12.0).view(4, 3).requires_grad_()
-    targets = torch.tensor([[True, False, True, False], [False, False, False, True]])
-    anchors = anchor_prompts(visual, targets)
-    torch.testing.assert_close(anchors, torch.tensor([[3.0, 4.0, 5.0], [9.0, 10.0, 11.0]]))
-    assert not anchors.requires_grad  # a fixed stand-in: the anchor terms train seg_head and SAM 2, not the LLM
 
 
 def test_workers_split_the_batch_like_accumulation(processor, tmp_path):

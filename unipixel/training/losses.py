@@ -67,14 +67,12 @@ def _heads(
 
 
 def track_for_training(
-    sam2: UniPixelSAM2, frames: torch.Tensor, hidden: torch.Tensor, clicks: tuple[torch.Tensor, torch.Tensor],
-    anchors: torch.Tensor | None = None,
-) -> tuple[list[FrameOutput], FrameOutput, FrameOutput | None]:
+    sam2: UniPixelSAM2, frames: torch.Tensor, hidden: torch.Tensor, clicks: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[list[FrameOutput], FrameOutput]:
     """Segment B objects prompted by ``hidden`` ``(B, k, C)`` on frame 0 and track them over ``frames``
-    ``(T, 3, S, S)`` with memory, differentiably. Returns one :class:`FrameOutput` per frame, the
+    ``(T, 3, S, S)`` with memory, differentiably. Returns one :class:`FrameOutput` per frame, and the
     classic SAM output of frame 0 for ``clicks`` (point prompts, see :func:`random_clicks`): an auxiliary
-    task sharing the image features and the decoder that teaches them what an object is, and the frame-0
-    output for ``anchors`` ``(B, k, C)`` (prompts given like ``hidden``; ``None`` when not given)."""
+    task sharing the image features and the decoder that teaches them what an object is."""
     batch, num_frames = hidden.shape[0], frames.shape[0]
     backbone = sam2.forward_image(frames)
     _, feats, pos, sizes = sam2._prepare_backbone_features(backbone)
@@ -93,10 +91,6 @@ def track_for_training(
         if t == 0:
             click_masks, click_ious, _, click_score = _heads(sam2, pix_feat, high_res, None, clicks)
             clicked = FrameOutput(click_masks, click_ious, click_score)
-            anchored = None
-            if anchors is not None:
-                anchor_masks, anchor_ious, _, anchor_score = _heads(sam2, pix_feat, high_res, anchors)
-                anchored = FrameOutput(anchor_masks, anchor_ious, anchor_score)
         if t == num_frames - 1:
             break
         # what inference keeps of this frame: the best-IoU mask (gated by the object score) and its pointer
@@ -111,7 +105,7 @@ def track_for_training(
         mem_features, mem_pos = sam2._encode_new_memory(cur, sizes, high_res_mask, object_score, is_mask_from_pts=False)
         kind = "cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"
         memory[kind][t] = {"maskmem_features": mem_features, "maskmem_pos_enc": mem_pos, "obj_ptr": pointer}
-    return outputs, clicked, anchored
+    return outputs, clicked
 
 
 def _focal(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:

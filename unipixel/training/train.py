@@ -50,8 +50,6 @@ TRAIN_SEED = 0
 CLICK_WEIGHT = 0.5
 DC_WEIGHT = 1.0
 ATTRIBUTE_WEIGHT = 0.5
-ANCHOR_WEIGHT = 0.0
-"""Off in the recipe of the shipped checkpoint; see :func:`anchor_prompts`."""
 GROUNDING_WEIGHT = 0.0
 """Off in the recipe of the shipped checkpoint; ``--grounding-weight 1`` is the experiment of ``grounding.py``."""
 OPTIMIZER_STATE = "optimizer.pt"
@@ -146,13 +144,11 @@ def build_model(config: UniPixelConfig, sam2_yaml: Path = SAM2_YAML) -> UniPixel
 def training_loss(
     model: UniPixelForConditionalGeneration, example: Encoded, loss_size: int, clicks: torch.Generator,
     head: GroundingHead | None = None, grounding_weight: float = GROUNDING_WEIGHT, masks: bool = True,
-    anchor_weight: float = ANCHOR_WEIGHT,
 ) -> dict[str, torch.Tensor]:
     """All loss terms of one conversation (weighted; the training objective is their sum).
 
     ``clicks`` draws the random click of the auxiliary SAM 2 task; ``head`` (training only) adds the
-    grounding term (``grounding_weight``, see ``grounding.py``); ``anchor_weight`` weighs the
-    ``anchor_*`` terms (:func:`anchor_prompts`); ``masks=False`` leaves SAM 2 out (a phase that trains the LLM's grounding alone runs
+    grounding term (``grounding_weight``, see ``grounding.py``); ``masks=False`` leaves SAM 2 out (a phase that trains the LLM's grounding alone runs
     about four times faster).
     """
     inputs = dict(example.inputs)
@@ -174,31 +170,10 @@ def training_loss(
         if not masks:
             return terms
         hidden = model.seg_head(states).view(len(positions), model.config.sam2_hidden_tokens, -1)
-        anchors = None
-        if anchor_weight and example.grounding is not None and example.grounding.any(1).all():
-            visual = out["pre_norm_states"][0, example.inputs["input_ids"][0] == model.config.video_token_id]
-            anchors = model.seg_head(anchor_prompts(visual, example.grounding)).view_as(hidden)
-        outputs, clicked, anchored = track_for_training(
-            model.sam2, example.frames, hidden, random_clicks(targets, clicks), anchors
-        )
+        outputs, clicked = track_for_training(model.sam2, example.frames, hidden, random_clicks(targets, clicks))
         terms.update(mask_losses(outputs, targets, loss_size))
         terms.update({f"click_{key}": CLICK_WEIGHT * value for key, value in frame_losses(clicked, targets[:, 0], loss_size).items()})
-        if anchored is not None:
-            terms.update({f"anchor_{key}": anchor_weight * value
-                          for key, value in frame_losses(anchored, targets[:, 0], loss_size).items()})
     return terms
-
-
-def anchor_prompts(visual: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Stand-ins for ``<|seg|>`` states that certainly name their objects: the mean (detached) pre-norm state
-    of each ``<|seg|>``'s visual tokens ``(n, D)``, from ``visual`` ``(V, D)`` and ``targets`` ``(n, V)``.
-
-    Measured on the step-10000 checkpoint: SAM 2 made the same masks from an all-zero prompt as from the
-    LLM's (mIoU 0.97 between them, ``probe.py``), so the mask losses sent the LLM no usable gradient.
-    Segmenting from these anchors through ``seg_head`` teaches SAM 2's decoder to select by its prompt.
-    """
-    weights = targets.float()
-    return (weights @ visual.detach().float()) / weights.sum(1, keepdim=True)
 
 
 def common_share(tokens: torch.Tensor) -> torch.Tensor:
@@ -237,7 +212,6 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
 
 LOGGED = (
     "lm", "vision_dc", "attributes", "grounding", "focal", "dice", "iou", "object", "click_focal", "click_dice", "click_iou", "click_object",
-    "anchor_focal", "anchor_dice", "anchor_iou", "anchor_object",
 )
 """Loss terms of the log, in a fixed order (workers average them over the whole batch)."""
 
@@ -324,8 +298,7 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
             sample = training_sample(TRAIN_SEED, index, args.task_mix, args.video_prob, args.max_frames)
             example = encode(processor, sample, model.config.sam2_image_size, sam_frames=args.sam_frames)
             clicks = torch.Generator().manual_seed(args.seed * 1_000_003 + index)  # the same whichever worker draws it
-            terms = training_loss(model, example, args.loss_size, clicks, head, args.grounding_weight, not args.skip_masks,
-                                  args.anchor_weight)
+            terms = training_loss(model, example, args.loss_size, clicks, head, args.grounding_weight, not args.skip_masks)
             (sum(terms.values()) / batch).backward()
             for key, value in terms.items():
                 window[:, LOGGED.index(key)] += torch.tensor([float(value.detach()), 1.0], dtype=torch.float64)
@@ -411,8 +384,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                        "the data stream continuing after the samples it was trained on")
     parser.add_argument("--grounding-weight", type=float, default=GROUNDING_WEIGHT,
                         help="weight of the grounding term (0, the default: no grounding head)")
-    parser.add_argument("--anchor-weight", type=float, default=ANCHOR_WEIGHT,
-                        help="weight of the anchor-prompted SAM 2 terms (0, the default: none), see anchor_prompts")
     parser.add_argument("--skip-masks", action="store_true",
                         help="leave SAM 2 and its losses out (a phase that trains the LLM's grounding alone)")
     parser.add_argument("--task-mix", type=json.loads, default=TASK_MIX, help="JSON {task: weight} of the training stream")
