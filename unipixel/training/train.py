@@ -148,8 +148,8 @@ def training_loss(
     """All loss terms of one conversation (weighted; the training objective is their sum).
 
     ``clicks`` draws the random click of the auxiliary SAM 2 task; ``head`` (training only) adds the
-    grounding term (``grounding_weight``, see ``grounding.py``); ``masks=False`` leaves SAM 2 out (a phase that trains the LLM's grounding alone runs
-    about four times faster).
+    grounding term (``grounding_weight``, see ``grounding.py``); ``masks=False`` leaves SAM 2 out (a phase
+    that trains the LLM's grounding alone runs about four times faster).
     """
     inputs = dict(example.inputs)
     features = model.encode_video(inputs.pop("pixel_values_videos"), inputs["video_grid_thw"])
