@@ -3,7 +3,7 @@
 Inference (``UniPixelSAM2.track``) runs under ``inference_mode``; training needs gradients from the mask
 losses into SAM 2, ``seg_head`` and the LLM. This module replays the same stock SAM 2 steps with autograd:
 frame 0 is an initial conditioning frame (``no_mem_embed`` added, sparse prompt = the two not-a-point
-tokens followed by the hidden tokens, ``no_mask_embed`` dense prompt, multimask output), later frames are
+tokens followed by the hidden tokens, ``no_mask_embed`` dense prompt, multimask output as configured), later frames are
 memory-conditioned (stock ``_prepare_memory_conditioned_features``) with no prompt, and every frame's
 chosen mask is encoded into memory (stock ``_encode_new_memory``) with the object pointer, as at inference.
 
@@ -28,8 +28,8 @@ FOCAL_WEIGHT, DICE_WEIGHT, IOU_WEIGHT, OBJECT_WEIGHT = 20.0, 1.0, 1.0, 1.0
 
 @dataclass
 class FrameOutput:
-    """SAM 2 heads on one frame for B objects: candidate low-res logits ``(B, 3, h, w)``, predicted IoUs
-    ``(B, 3)`` and object-score logits ``(B, 1)``."""
+    """SAM 2 heads on one frame for B objects: candidate low-res logits ``(B, M, h, w)`` (M = 3 or 1), predicted IoUs
+    ``(B, M)`` and object-score logits ``(B, 1)``."""
 
     masks: torch.Tensor
     ious: torch.Tensor
@@ -42,12 +42,15 @@ def _heads(
     high_res: list[torch.Tensor],
     hidden: torch.Tensor | None,
     points: tuple[torch.Tensor, torch.Tensor] | None = None,
+    init_frame: bool = True,
 ):
-    """Prompt encoder + mask decoder with multimask output; ``hidden`` ``(B, k, C)`` only on frame 0.
+    """Prompt encoder + mask decoder; ``hidden`` ``(B, k, C)`` only on frame 0.
 
     Without ``points`` (coords ``(B, P, 2)``, labels ``(B, P)``) SAM 2 pads with one not-a-point, as at
-    inference."""
+    inference. Multimask output (three candidates) or one mask as stock SAM 2 decides for the frame
+    (``init_frame``: a prompted frame) and the number of points, from the model's config."""
     batch = pix_feat.shape[0]
+    multimask = sam2._use_multimask(init_frame, None if points is None else {"point_labels": points[1]})
     if points is None:
         device = pix_feat.device
         points = (torch.zeros(batch, 1, 2, device=device), -torch.ones(batch, 1, dtype=torch.int32, device=device))
@@ -59,7 +62,7 @@ def _heads(
         image_pe=sam2.sam_prompt_encoder.get_dense_pe(),
         sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense,
-        multimask_output=True,
+        multimask_output=multimask,
         repeat_image=False,
         high_res_features=high_res,
     )
@@ -86,7 +89,7 @@ def track_for_training(
             current_vision_pos_embeds=cur_pos[-1:], feat_sizes=sizes[-1:], output_dict=memory, num_frames=num_frames,
         )
         high_res = [x.permute(1, 2, 0).reshape(batch, x.shape[2], *s) for x, s in zip(cur[:-1], sizes[:-1])]
-        masks, ious, tokens, object_score = _heads(sam2, pix_feat, high_res, hidden if t == 0 else None)
+        masks, ious, tokens, object_score = _heads(sam2, pix_feat, high_res, hidden if t == 0 else None, init_frame=t == 0)
         outputs.append(FrameOutput(masks, ious, object_score))
         if t == 0:
             click_masks, click_ious, _, click_score = _heads(sam2, pix_feat, high_res, None, clicks)
