@@ -25,7 +25,7 @@ from ..modeling.sam2 import UniPixelSAM2, build_sam2
 from ..processing.vision import sam2_frames
 from . import shapes
 from .data import resize_masks
-from .losses import FrameOutput, _heads, frame_losses, random_clicks
+from .losses import FrameOutput, frame_losses, random_clicks, sam_heads
 
 CLICK_SEED, HELD_OUT_SEED = 5, 77
 """Scene streams of this stage (training, held-out)."""
@@ -52,7 +52,7 @@ def click_outputs(sam2: UniPixelSAM2, frames: torch.Tensor, clicks: tuple[torch.
     """SAM 2's heads for one click per object ``(N, 1, 2)`` on ``frames`` ``(1, 3, S, S)``."""
     pix_feat, high_res = frame_features(sam2, frames)
     n = len(clicks[0])
-    masks, ious, _, scores = _heads(sam2, pix_feat.expand(n, -1, -1, -1), [x.expand(n, -1, -1, -1) for x in high_res],
+    masks, ious, _, scores = sam_heads(sam2, pix_feat.expand(n, -1, -1, -1), [x.expand(n, -1, -1, -1) for x in high_res],
                                     None, clicks)
     return FrameOutput(masks, ious, scores)
 

@@ -36,7 +36,7 @@ class FrameOutput:
     object_score: torch.Tensor
 
 
-def _heads(
+def sam_heads(
     sam2: UniPixelSAM2,
     pix_feat: torch.Tensor,
     high_res: list[torch.Tensor],
@@ -89,10 +89,10 @@ def track_for_training(
             current_vision_pos_embeds=cur_pos[-1:], feat_sizes=sizes[-1:], output_dict=memory, num_frames=num_frames,
         )
         high_res = [x.permute(1, 2, 0).reshape(batch, x.shape[2], *s) for x, s in zip(cur[:-1], sizes[:-1])]
-        masks, ious, tokens, object_score = _heads(sam2, pix_feat, high_res, hidden if t == 0 else None, init_frame=t == 0)
+        masks, ious, tokens, object_score = sam_heads(sam2, pix_feat, high_res, hidden if t == 0 else None, init_frame=t == 0)
         outputs.append(FrameOutput(masks, ious, object_score))
         if t == 0:
-            click_masks, click_ious, _, click_score = _heads(sam2, pix_feat, high_res, None, clicks)
+            click_masks, click_ious, _, click_score = sam_heads(sam2, pix_feat, high_res, None, clicks)
             clicked = FrameOutput(click_masks, click_ious, click_score)
         if t == num_frames - 1:
             break
