@@ -10,7 +10,6 @@ from scipy import ndimage
 
 from unipixel.training import shapes as S
 
-SEG_RESPONSES = set(S.RESPONSES)
 QUERY_RES = {m: [re.compile(re.escape(t).replace(r"\{\}", "(.+)") + "$") for t in S.QUERY_TEMPLATES[m]]
              for m in ("image", "video")}
 IMAGE_MEM_RE = re.compile(r"Here is an image with the following highlighted regions:\n(\[\d+\]: <\|mem\|>\n)+")
@@ -121,18 +120,27 @@ def test_referring_prompt_formats():
     for i in range(40):
         s = S.sample_at(2, i, task="referring_seg")
         turn = s.turns[0]
-        if len(turn.seg) > 1:  # several objects: one <|seg|> per object in mention order
-            assert re.fullmatch(r"(The targets are|Sure, they are) <\|seg\|>(, <\|seg\|>)* and <\|seg\|>\.",
-                                turn.assistant)
+        if len(turn.seg) > 1:  # several objects: one <|seg|> per object in mention order, each after its name
+            names = re.findall(r"[Tt]he (.+?)<\|seg\|>", turn.assistant)
+            assert len(names) == turn.assistant.count("<|seg|>") == len(turn.seg), turn.assistant
+            asked = set(re.findall(r"[a-z]+", turn.user.lower())) | {"in"}
+            assert all(set(name.split()) <= asked for name in names), turn
             continue
-        assert turn.assistant in SEG_RESPONSES
+        named = re.fullmatch(r"The (.+)<\|seg\|>\.", turn.assistant)
+        assert named, turn.assistant  # the answer names its target right before <|seg|>
         m = next((r.match(turn.user) for r in QUERY_RES[("video", "image")[s.is_image]] if r.match(turn.user)), None)
-        if m:  # the query names the target's words
+        if m:  # the query names the target's words, and the answer repeats them
             q, o = m.group(1), s.objects[turn.seg[0][0]]
             assert q == q.lower() and not q.startswith(("the ", "a ", "an "))
             assert any(w in q.split() for w in (o.colour, o.shape, o.size)), q
+            assert named.group(1) == S.colour_last(q)  # the same words, the colour last
         else:
             assert any(turn.user.startswith(t.split("{}")[0]) for t in S.DESCRIPTION_TEMPLATES), turn.user
+
+
+def test_colour_last_moves_the_colour_word_to_the_end():
+    assert S.colour_last("large blue star on the left") == "large star on the left in blue"
+    assert S.colour_last("star at the bottom") == "star at the bottom"
 
 
 def test_reasoning_answer_formats():
@@ -140,8 +148,9 @@ def test_reasoning_answer_formats():
         s = S.sample_at(4, i, task="reasoning_seg")
         a = s.turns[0].assistant
         assert a.count("<|seg|>") == 1
-        if a not in SEG_RESPONSES and a.endswith(" <|seg|>."):  # question form: `{answer} <|seg|>.`
-            assert S.caption_correct(a, s.objects[s.seg_targets[0][0]], check_size=True)
+        target = s.objects[s.seg_targets[0][0]]
+        assert a.startswith(f"The {S.colour_last(target.description)}<|seg|>."), a  # the answer names the target
+        assert S.caption_correct(a, target, check_size=True)
 
 
 def test_mem_prefix_formats():

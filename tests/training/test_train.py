@@ -126,3 +126,15 @@ def test_workers_split_the_batch_like_accumulation(processor, tmp_path):
     acc_logged = [json.loads(line) for line in (tmp_path / "acc" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [1, 2] and all(r["phase"] == 1 for r in logged)
     assert logged[0]["lm"] == pytest.approx(acc_logged[0]["lm"], rel=1e-4)
+
+
+def test_sam2_learns_at_its_own_scale_of_the_learning_rate(processor):
+    from unipixel.training.train import make_optimizer
+
+    model = build_model(build_config(processor.tokenizer, TINY), TINY_SAM2_YAML)
+    optimizer = make_optimizer(model, lr=1e-3, sam2_scale=0.25)
+    sam2 = {id(p) for p in model.sam2.parameters()}
+    for group in optimizer.param_groups:
+        inside = {id(p) in sam2 for p in group["params"]}
+        assert len(inside) == 1 and group["scale"] == (0.25 if inside.pop() else 1.0)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))

@@ -32,7 +32,8 @@ class Encoded:
     ``frame_size``: ``(H, W)``; ``targets``: per ``<|seg|>`` of the text the ``(T, S, S)`` bool mask;
     ``attributes``: ``(2, L)`` auxiliary targets (see :func:`attribute_labels`, training only);
     ``grounding``: ``(n_seg, V)`` bool, per ``<|seg|>`` which visual tokens show its objects (see
-    :func:`grounding_labels`, training only).
+    :func:`grounding_labels`, training only); ``codes``: ``(n_seg, 2)`` per ``<|seg|>`` the (colour, shape)
+    its answer names (``Sample.seg_codes``, training only).
     """
 
     inputs: dict[str, Any]
@@ -42,6 +43,7 @@ class Encoded:
     targets: list[torch.Tensor]
     attributes: torch.Tensor | None = None
     grounding: torch.Tensor | None = None
+    codes: torch.Tensor | None = None
 
 
 def training_sample(seed: int, index: int, task_mix: dict[str, float], video_prob: float, max_frames: int) -> shapes.Sample:
@@ -173,5 +175,6 @@ def encode(
         grounding = grounding_labels(sample, inputs["video_grid_thw"])
     frames = sample.frames[:sam_frames]
     targets = [resize_masks(mask[:sam_frames], image_size) for mask in sample.seg_masks()]
+    codes = torch.tensor(sample.seg_codes(), dtype=torch.long).view(-1, 2)
     return Encoded(inputs, labels, sam2_frames(frames, image_size), sample.frames.shape[1:3], targets, attributes,
-                   grounding)
+                   grounding, codes)

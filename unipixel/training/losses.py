@@ -16,6 +16,7 @@ object-score logit; mask and IoU terms only where the object is present. An auxi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,8 @@ from sam2.modeling.sam2_base import NO_OBJ_SCORE
 
 from ..modeling.sam2 import UniPixelSAM2
 
+SAM2_YAML = Path(__file__).with_name("sam2_shapes.yaml")
+"""SAM 2 of the shapes model (stock format; one mask per prompt)."""
 FOCAL_WEIGHT, DICE_WEIGHT, IOU_WEIGHT, OBJECT_WEIGHT = 20.0, 1.0, 1.0, 1.0
 
 

@@ -9,8 +9,13 @@ Every task renders text with the prompt formats the released UniPixel was traine
 referring / reasoning segmentation (`<|seg|>`), region understanding from mask prompts (`<|mem|>` prefix,
 §6.3 training format), region captioning and ID-based segmentation from point/box prompts (`[id] <|ref|>`,
 §6.4), PixelQA (§6.5) and short multi-turn chats. Everything is deterministic from (seed, index).
-One deliberate extension: a text query naming several objects gets one `<|seg|>` per object in mention
-order (`The targets are <|seg|> and <|seg|>.`); the released model was trained on a union mask instead.
+Two deliberate extensions of the released formats: a text query naming several objects gets one `<|seg|>`
+per object in mention order (the released model was trained on a union mask instead); and a segmentation
+answer names its target right before the `<|seg|>` it grounds, colour last and with no space between
+(`The star in blue<|seg|>.`; the reference's question form is `{answer} <|seg|>.`), so the state
+`seg_head` reads is the colour word itself: SAM 2 finds objects by colour far better than by shape, and
+the small LLM barely learned to carry a word even one position further. Replies show a space before each
+object tag anyway.
 
 Public API: `generate_dataset`, `generate_heldout`, `sample_at`, `generate_ood_sample`,
 `generate_ood_dataset`, `make_scene`, `TASKS`, `pixelqa_two_step`, `mem_slots`, `mem_prefix`,
@@ -87,12 +92,9 @@ DESCRIPTION_TEMPLATES = [
     "Analyze the following sentences and provide the corresponding segmentation mask: {}",
     "Given the description: {} Where is the described object in this video?",
     "Find the object according to the description: {}"]
-RESPONSES = ["The target is <|seg|>.", "The segmentation result is <|seg|>.",
-             "Sure, the segmentation mask is <|seg|>.", "Sure, it is <|seg|>.", "<|seg|>."]
 # several text-referred objects: one <|seg|> per object in mention order (our extension, see module doc)
 MULTI_QUERY_TEMPLATES = ["Please segment the {}.", "Please segment the {} in this {m}.",
                          "Can you segment the {} in this {m}?", "Segment the {} in the {m}."]
-MULTI_RESPONSES = ["The targets are {}.", "Sure, they are {}."]
 DETAIL_TEMPLATES = [
     "Can you provide me with a detailed description of the region in the picture marked by {}?",
     "I'm curious about the region represented by {} in the picture. Could you describe it in detail?",
@@ -230,6 +232,22 @@ class Sample:
     def seg_targets(self) -> list[tuple[int, ...]]:
         """Objects behind every `<|seg|>` of the conversation, in order."""
         return [t for turn in self.turns for t in turn.seg]
+
+    def seg_codes(self) -> list[tuple[int, int]]:
+        """Per `<|seg|>`, the (colour, shape) its answer names right before it (`The star in blue<|seg|>`), as
+        indices into COLOURS_L and SHAPES, the length of the list for a word not named ("any"); a target named
+        by its ID only (`[0] <|seg|>`) gets its object's own colour and shape."""
+        codes, targets = [], iter(self.seg_targets)
+        for turn in self.turns:
+            for piece in turn.assistant.split("<|seg|>")[:-1]:
+                name = re.split(r"\[|\bthe\b", piece, flags=re.I)[-1]
+                colour, shape, _ = parse_caption(name)
+                obj = self.objects[next(targets)[0]]
+                if colour is None and shape is None:
+                    colour, shape = obj.colour, obj.shape
+                codes.append((COLOURS_L.index(colour) if colour else len(COLOURS_L),
+                              SHAPES.index(shape) if shape else len(SHAPES)))
+        return codes
 
     def seg_masks(self) -> list[np.ndarray]:
         """(T, H, W) bool target mask per `<|seg|>` (union over the objects it covers), in order."""
@@ -771,15 +789,27 @@ def _sample(task: str, scene: Scene, turns: list[Turn], mem: Sequence[RegionProm
                   scene.background, scene.style)
 
 
+def colour_last(name: str) -> str:
+    """`large blue star on the left` -> `large star on the left in blue` (unchanged without a colour word)."""
+    words = name.split()
+    colours = [w for w in words if w in COLOURS]
+    return " ".join([w for w in words if w not in COLOURS] + ["in", colours[0]]) if colours else name
+
+
+def named_seg(names: Sequence[str]) -> str:
+    """Answer grounding each named object, its colour last: `The star in blue<|seg|> and the circle in red<|seg|>.`"""
+    return _cap(_join([f"the {colour_last(name)}<|seg|>" for name in names])) + "."
+
+
 def _seg_turn(rng: np.random.Generator, scene: Scene, i: int, expr: str) -> Turn:
     if rng.random() < 0.15:
         templates = [t for t in DESCRIPTION_TEMPLATES if not scene.is_image or "video" not in t]
-        return Turn(_pick(rng, templates).format(f"The {expr}."), _pick(rng, RESPONSES), [(i,)])
-    return Turn(_pick(rng, QUERY_TEMPLATES[scene.medium]).format(expr), _pick(rng, RESPONSES), [(i,)])
+        return Turn(_pick(rng, templates).format(f"The {expr}."), named_seg([expr]), [(i,)])
+    return Turn(_pick(rng, QUERY_TEMPLATES[scene.medium]).format(expr), named_seg([expr]), [(i,)])
 
 
 def task_referring_seg(rng: np.random.Generator, scene: Scene) -> Sample | None:
-    """`Please segment the blue star in this image.` -> `Sure, it is <|seg|>.` (or several objects)."""
+    """`Please segment the blue star in this image.` -> `The star in blue<|seg|>.` (or several objects)."""
     exprs = {i: referring_expressions(scene, i) for i in range(len(scene.objects))}
     valid = [i for i, e in exprs.items() if e]
     if not valid:
@@ -790,14 +820,13 @@ def task_referring_seg(rng: np.random.Generator, scene: Scene) -> Sample | None:
         names = [_pick(rng, exprs[i]) for i in targets]
         text = _pick(rng, MULTI_QUERY_TEMPLATES).format(" and the ".join([", the ".join(names[:-1]), names[-1]]),
                                                         m=scene.medium)
-        answer = _pick(rng, MULTI_RESPONSES).format(_join(["<|seg|>"] * k))
-        return _sample("referring_seg", scene, [Turn(text, answer, [(i,) for i in targets])])
+        return _sample("referring_seg", scene, [Turn(text, named_seg(names), [(i,) for i in targets])])
     i = _pick(rng, valid)
     return _sample("referring_seg", scene, [_seg_turn(rng, scene, i, _pick(rng, exprs[i]))])
 
 
 def task_reasoning_seg(rng: np.random.Generator, scene: Scene) -> Sample | None:
-    """`Which shape moves left? Please provide the segmentation mask.` -> `<|seg|>.` and variants."""
+    """`Which shape moves left? Please provide the segmentation mask.` -> `The small star in red<|seg|>.`"""
     facts = _reasoning_facts(scene)
     if not facts:
         return None
@@ -805,14 +834,13 @@ def task_reasoning_seg(rng: np.random.Generator, scene: Scene) -> Sample | None:
     desc = scene.objects[f.target].description
     form = ("query", "sentence", "explanatory", "question")[rng.integers(4)]
     if form == "query":
-        turn = Turn(_pick(rng, QUERY_TEMPLATES[scene.medium]).format(f.phrase), _pick(rng, RESPONSES))
+        turn = Turn(_pick(rng, QUERY_TEMPLATES[scene.medium]).format(f.phrase), named_seg([desc]))
     elif form == "sentence":
-        turn = Turn(_pick(rng, SENTENCE_TEMPLATES).format(f.question), _pick(rng, RESPONSES))
+        turn = Turn(_pick(rng, SENTENCE_TEMPLATES).format(f.question), named_seg([desc]))
     elif form == "explanatory":
-        turn = Turn(_pick(rng, EXPLANATORY_TEMPLATES).format(f.question),
-                    f"{_pick(rng, RESPONSES)} The {desc} is the target. {f.reason}")
+        turn = Turn(_pick(rng, EXPLANATORY_TEMPLATES).format(f.question), f"{named_seg([desc])} {f.reason}")
     else:
-        turn = Turn(_pick(rng, QUESTION_TEMPLATES).format(f.question), f"The {desc} <|seg|>.")
+        turn = Turn(_pick(rng, QUESTION_TEMPLATES).format(f.question), named_seg([desc]))
     turn.seg = [(f.target,)]
     return _sample("reasoning_seg", scene, [turn])
 
@@ -932,7 +960,7 @@ def _follow_up(rng: np.random.Generator, scene: Scene, i: int, ref: str, used: s
         return None
     j, expr = _pick(rng, others)
     return Turn(_pick(rng, [f"Now segment the {expr}.", f"Please also segment the {expr}.",
-                            QUERY_TEMPLATES[scene.medium][1].format(expr)]), _pick(rng, RESPONSES), [(j,)])
+                            QUERY_TEMPLATES[scene.medium][1].format(expr)]), named_seg([expr]), [(j,)])
 
 
 def task_multi_turn(rng: np.random.Generator, scene: Scene) -> Sample | None:

@@ -13,6 +13,8 @@ Each step encodes one shapes conversation exactly as inference would (``data.py`
   SAM 2 on frame 0 (``click_*``), attribute words read by the LM head at every visual, ``<|mem|>`` and
   ``<|ref|>`` token (``attributes``, see ``data.attribute_labels``), and a penalty on the vision tower's
   common offset (``vision_dc``, see :func:`common_share`);
+* with ``--codes`` (a code book of ``codes.py``), the squared distance between ``seg_head``'s SAM 2 prompt
+  and the code of the colour/shape words the answer names before each ``<|seg|>`` (``code``);
 * optionally (``--grounding-weight``, off by default) a training-only head that must find each
   ``<|seg|>``'s objects among the visual tokens from the state that prompts SAM 2 (``grounding``, see
   ``grounding.py``).
@@ -40,16 +42,17 @@ from ..configuration import UniPixelConfig
 from ..loading import load_model, reference_generation_config, save_checkpoint
 from ..modeling.sam2 import build_sam2
 from ..modeling.unipixel import UniPixelForConditionalGeneration, seg_prompt_positions
+from .codes import CodeBook, load_codebook
 from .data import IGNORE, Encoded, encode, training_sample
 from .grounding import HEAD_FILE, GroundingHead, grounding_loss
-from .losses import frame_losses, mask_losses, random_clicks, track_for_training
+from .losses import SAM2_YAML, frame_losses, mask_losses, random_clicks, track_for_training
 from .tokenizer import build_processor, shapes_corpus, train_tokenizer
 
-SAM2_YAML = Path(__file__).with_name("sam2_shapes.yaml")
 TRAIN_SEED = 0
 CLICK_WEIGHT = 0.5
 DC_WEIGHT = 1.0
 ATTRIBUTE_WEIGHT = 0.5
+CODE_WEIGHT = 1.0
 GROUNDING_WEIGHT = 0.0
 """Off in the recipe of the shipped checkpoint; ``--grounding-weight 1`` is the experiment of ``grounding.py``."""
 OPTIMIZER_STATE = "optimizer.pt"
@@ -79,6 +82,9 @@ class Sizes:
     vision_intermediate: int = 192
     vision_window: int = 1792
     sam2_image_size: int = 256
+    untied_embed_std: float | None = None
+    """``None``: input embeddings tied to the LM head (std 0.02); a number: untied, drawn with this std, so a text
+    token's identity is not drowned in the residual stream by what the first layers add to it."""
 
 
 def build_config(tokenizer, sizes: Sizes) -> UniPixelConfig:
@@ -100,7 +106,7 @@ def build_config(tokenizer, sizes: Sizes) -> UniPixelConfig:
         num_hidden_layers=sizes.layers, num_attention_heads=sizes.heads, num_key_value_heads=sizes.kv_heads,
         max_position_embeddings=8192, rms_norm_eps=1e-6, rope_theta=sizes.rope_theta,
         rope_scaling={"type": "mrope", "mrope_section": list(sizes.mrope_section)},
-        bos_token_id=bos, eos_token_id=eos, tie_word_embeddings=True,
+        bos_token_id=bos, eos_token_id=eos, tie_word_embeddings=sizes.untied_embed_std is None,
     )
     vision = dict(
         depth=sizes.vision_depth, hidden_size=sizes.vision_hidden, intermediate_size=sizes.vision_intermediate,
@@ -109,7 +115,7 @@ def build_config(tokenizer, sizes: Sizes) -> UniPixelConfig:
         fullatt_block_indexes=[sizes.vision_depth - 1],
     )
     return UniPixelConfig(
-        text_config=text, vision_config=vision, tie_word_embeddings=True,
+        text_config=text, vision_config=vision, tie_word_embeddings=sizes.untied_embed_std is None,
         sam2_config="configs/unipixel_shapes", sam2_image_size=sizes.sam2_image_size, sam2_hidden_tokens=2,
         bos_token_id=bos, eos_token_id=eos, vision_start_token_id=vstart, vision_end_token_id=vend,
         vision_token_id=vpad, image_token_id=ipad, video_token_id=video,
@@ -117,7 +123,9 @@ def build_config(tokenizer, sizes: Sizes) -> UniPixelConfig:
     )
 
 
-def build_model(config: UniPixelConfig, sam2_yaml: Path = SAM2_YAML) -> UniPixelForConditionalGeneration:
+def build_model(
+    config: UniPixelConfig, sam2_yaml: Path = SAM2_YAML, embed_std: float | None = None
+) -> UniPixelForConditionalGeneration:
     """A freshly initialised model.
 
     The Qwen2.5-VL parts keep transformers' initialisation; SAM 2 and the ``<|ref|>`` prompt encoder get
@@ -125,7 +133,8 @@ def build_model(config: UniPixelConfig, sam2_yaml: Path = SAM2_YAML) -> UniPixel
     std 0.02, e.g. SAM 2's unit-scale prompt and mask tokens, which slows SAM 2 down a lot). ``<|ref|>``'s
     point encoder shares SAM 2's random-Fourier basis, so positions reach SAM 2 in its own coordinates;
     ``msk_proj`` starts as a copy of the vision merger MLP (as the reference initialised it), so a
-    ``<|mem|>`` token starts as the mean of the visual tokens under its mask.
+    ``<|mem|>`` token starts as the mean of the visual tokens under its mask. ``embed_std`` redraws the
+    (untied) input embeddings with that std.
     """
     model = UniPixelForConditionalGeneration(config, sam2_yaml=sam2_yaml)
     with torch.no_grad():
@@ -137,6 +146,8 @@ def build_model(config: UniPixelConfig, sam2_yaml: Path = SAM2_YAML) -> UniPixel
             model.sam2.sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
         )
         model.msk_proj.load_state_dict(model.model.visual.merger.mlp.state_dict())
+        if embed_std is not None:
+            model.get_input_embeddings().weight.normal_(0.0, embed_std)
     model.generation_config = reference_generation_config(config)
     return model
 
@@ -144,12 +155,15 @@ def build_model(config: UniPixelConfig, sam2_yaml: Path = SAM2_YAML) -> UniPixel
 def training_loss(
     model: UniPixelForConditionalGeneration, example: Encoded, loss_size: int, clicks: torch.Generator,
     head: GroundingHead | None = None, grounding_weight: float = GROUNDING_WEIGHT, masks: bool = True,
+    book: CodeBook | None = None, code_weight: float = CODE_WEIGHT,
 ) -> dict[str, torch.Tensor]:
     """All loss terms of one conversation (weighted; the training objective is their sum).
 
     ``clicks`` draws the random click of the auxiliary SAM 2 task; ``head`` (training only) adds the
     grounding term (``grounding_weight``, see ``grounding.py``); ``masks=False`` leaves SAM 2 out (a phase
-    that trains the LLM's grounding alone runs about four times faster).
+    that trains the LLM's grounding alone runs about four times faster); ``book`` (``codes.py``, frozen) adds
+    the squared distance between ``seg_head``'s prompt tokens and the code of the words each ``<|seg|>``
+    follows.
     """
     inputs = dict(example.inputs)
     features = model.encode_video(inputs.pop("pixel_values_videos"), inputs["video_grid_thw"])
@@ -167,9 +181,11 @@ def training_loss(
         if head is not None and example.grounding is not None and example.grounding.any():
             visual = out["pre_norm_states"][0, example.inputs["input_ids"][0] == model.config.video_token_id]
             terms["grounding"] = grounding_weight * grounding_loss(head(states, visual), example.grounding)
+        hidden = model.seg_head(states).view(len(positions), model.config.sam2_hidden_tokens, -1)
+        if book is not None:
+            terms["code"] = code_weight * torch.nn.functional.mse_loss(hidden, book(example.codes))
         if not masks:
             return terms
-        hidden = model.seg_head(states).view(len(positions), model.config.sam2_hidden_tokens, -1)
         outputs, clicked = track_for_training(model.sam2, example.frames, hidden, random_clicks(targets, clicks))
         terms.update(mask_losses(outputs, targets, loss_size))
         terms.update({f"click_{key}": CLICK_WEIGHT * value for key, value in frame_losses(clicked, targets[:, 0], loss_size).items()})
@@ -201,17 +217,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases, norms, embeddings and SAM 2's learned tokens/encodings."""
-    decay, no_decay = [], []
+def make_optimizer(model: torch.nn.Module, lr: float, sam2_scale: float = 1.0) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms, embeddings and SAM 2's learned tokens/encodings; SAM 2's
+    learning rate is ``sam2_scale`` times the rest (each group's ``scale``)."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        (decay if param.ndim >= 2 and "embed" not in name and "tokens" not in name else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98))
+        decay = param.ndim >= 2 and "embed" not in name and "tokens" not in name
+        groups.setdefault((decay, ".sam2." in f".{name}"), []).append(param)
+    return torch.optim.AdamW(
+        [{"params": params, "weight_decay": 0.01 if decay else 0.0, "scale": sam2_scale if sam2 else 1.0}
+         for (decay, sam2), params in groups.items()],
+        lr=lr, betas=(0.9, 0.98),
+    )
 
 
 LOGGED = (
-    "lm", "vision_dc", "attributes", "grounding", "focal", "dice", "iou", "object", "click_focal", "click_dice", "click_iou", "click_object",
+    "lm", "vision_dc", "attributes", "grounding", "code", "focal", "dice", "iou", "object", "click_focal", "click_dice", "click_iou", "click_object",
 )
 """Loss terms of the log, in a fixed order (workers average them over the whole batch)."""
 
@@ -253,7 +274,7 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
     torch.set_flush_denormal(True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sizes = Sizes()
+    sizes = Sizes(untied_embed_std=args.untied_embed_std)
     history: list[dict] = []
     if args.resume or args.init:
         source = out if args.resume else Path(args.init)
@@ -262,18 +283,21 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
         history = recorded.get("history", [])
         first = recorded["step"] if args.resume else 0
         if args.init:  # a new phase: fresh optimiser and schedule, the data stream goes on after the init's samples
-            history = history + [{k: recorded[k] for k in ("step", "samples", "args", "vision_stage") if k in recorded}]
+            history = history + [{k: recorded[k] for k in ("step", "samples", "args", "vision_stage", "codes_stage") if k in recorded}]
         print(f"{'resuming' if args.resume else 'starting from'} {source} at step {first}", flush=True)
     else:
         processor = build_processor(train_tokenizer(shapes_corpus(args.corpus), vocab_size=args.vocab))
-        model = build_model(build_config(processor.tokenizer, sizes))
+        model = build_model(build_config(processor.tokenizer, sizes), Path(args.sam2_yaml), sizes.untied_embed_std)
         first = 0
+    if args.sam2_from:
+        take_sam2(model, Path(args.sam2_from))
     head = GroundingHead(model.config.text_config.hidden_size) if args.grounding_weight else None
     if head is not None and args.resume and (out / HEAD_FILE).exists():
         head.load_state_dict(torch.load(out / HEAD_FILE, weights_only=True))
+    book = load_codebook(args.codes).requires_grad_(False) if args.codes else None
     trained = torch.nn.ModuleList([model] + ([head] if head is not None else []))  # what the optimiser updates
     trained.train()
-    optimizer = make_optimizer(trained, args.lr)
+    optimizer = make_optimizer(trained, args.lr, args.sam2_lr_scale)
     state = out / OPTIMIZER_STATE
     resumed_moments = args.resume and state.exists()
     if resumed_moments:
@@ -292,13 +316,14 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
         rewarm = min(1.0, (step - first + 1) / args.warmup) if first and not resumed_moments else 1.0
         lr = rewarm * learning_rate(step, args.steps, args.lr, args.warmup)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["scale"]
         for micro in range(args.accumulate):
             index = offset + step * batch + rank * args.accumulate + micro
             sample = training_sample(TRAIN_SEED, index, args.task_mix, args.video_prob, args.max_frames)
             example = encode(processor, sample, model.config.sam2_image_size, sam_frames=args.sam_frames)
             clicks = torch.Generator().manual_seed(args.seed * 1_000_003 + index)  # the same whichever worker draws it
-            terms = training_loss(model, example, args.loss_size, clicks, head, args.grounding_weight, not args.skip_masks)
+            terms = training_loss(model, example, args.loss_size, clicks, head, args.grounding_weight, not args.skip_masks,
+                                  book, args.code_weight)
             (sum(terms.values()) / batch).backward()
             for key, value in terms.items():
                 window[:, LOGGED.index(key)] += torch.tensor([float(value.detach()), 1.0], dtype=torch.float64)
@@ -331,6 +356,16 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
     if distributed:
         dist.destroy_process_group()
     return out
+
+
+def take_sam2(model: UniPixelForConditionalGeneration, donor: Path) -> None:
+    """Put the SAM 2 of checkpoint ``donor`` (weights and ``sam2_config.yaml``, e.g. a ``codes.py`` output) into
+    ``model``, so a recipe can join an LLM and a SAM 2 trained in separate stages."""
+    other, _ = load_model(donor)
+    keys = ("sam2_config", "sam2_image_size", "sam2_hidden_tokens")
+    if any(getattr(other.config, key) != getattr(model.config, key) for key in keys):
+        raise ValueError(f"{donor}: its SAM 2 ({keys}) differs from the model's")
+    model.sam2, model.sam2_yaml = other.sam2, other.sam2_yaml
 
 
 def out_of_time(started: float, limit: float | None, distributed: bool) -> bool:
@@ -369,6 +404,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="data-parallel processes (gloo on this machine); the batch is accumulate x workers")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=300, help="warm-up steps")
+    parser.add_argument("--sam2-lr-scale", type=float, default=1.0, help="SAM 2's learning rate relative to --lr")
     parser.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
     parser.add_argument("--video-prob", type=float, default=0.3, help="share of video samples")
     parser.add_argument("--max-frames", type=int, default=8, help="frames of the longest training clip")
@@ -384,8 +420,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                        "the data stream continuing after the samples it was trained on")
     parser.add_argument("--grounding-weight", type=float, default=GROUNDING_WEIGHT,
                         help="weight of the grounding term (0, the default: no grounding head)")
+    parser.add_argument("--code-weight", type=float, default=CODE_WEIGHT, help="weight of the code term")
+    parser.add_argument("--sam2-from", help="take SAM 2 (weights and sam2_config.yaml) from this checkpoint")
+    parser.add_argument("--codes", help="a code book (codes.pt of `python -m unipixel.training.codes`): seg_head "
+                                        "learns to produce the code of what each answer names")
     parser.add_argument("--skip-masks", action="store_true",
                         help="leave SAM 2 and its losses out (a phase that trains the LLM's grounding alone)")
+    parser.add_argument("--sam2-yaml", default=str(SAM2_YAML), help="SAM 2 architecture of a fresh model (stock format)")
+    parser.add_argument("--untied-embed-std", type=float,
+                        help="untie the input embeddings from the LM head and draw them with this std (fresh model)")
     parser.add_argument("--task-mix", type=json.loads, default=TASK_MIX, help="JSON {task: weight} of the training stream")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--log-every", type=int, default=100, help="steps per line of train_log.jsonl (mean losses)")
