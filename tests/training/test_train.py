@@ -12,9 +12,9 @@ from unipixel.loading import load_model
 from unipixel.modeling.presets import TINY_SAM2_YAML
 from unipixel.processing.vision import load_processor, render_chat
 from unipixel.training import shapes
+from unipixel.training.codes import CodeBook
 from unipixel.training.data import IGNORE, encode, training_sample
 from unipixel.training.tokenizer import QWEN_SPECIAL_TOKENS, UNIPIXEL_TOKENS, build_processor, shapes_corpus, train_tokenizer
-from unipixel.training.grounding import HEAD_FILE, GroundingHead
 from unipixel.training.train import Sizes, build_config, build_model, save, parse_args, training_loss
 
 TINY = Sizes(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vision_hidden=32, vision_depth=2,
@@ -68,13 +68,11 @@ def test_few_steps_reduce_loss_and_checkpoint_reloads(processor, tmp_path):
     model = build_model(build_config(processor.tokenizer, TINY), TINY_SAM2_YAML).train()
     example = encode(processor, _sample("referring_seg", video=True), 128, sam_frames=2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    head = GroundingHead(TINY.hidden)
-    optimizer.add_param_group({"params": list(head.parameters())})
     clicks = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(10):
-        terms = training_loss(model, example, loss_size=64, clicks=clicks, head=head, grounding_weight=1.0)
-        assert {"lm", "vision_dc", "attributes", "grounding", "focal", "dice", "iou", "object", "click_dice"} <= set(terms)
+        terms = training_loss(model, example, loss_size=64, clicks=clicks)
+        assert {"lm", "vision_dc", "attributes", "focal", "dice", "iou", "object", "click_dice"} <= set(terms)
         loss = sum(terms.values())
         loss.backward()
         optimizer.step()
@@ -104,10 +102,12 @@ def test_workers_split_the_batch_like_accumulation(processor, tmp_path):
 
     torch.manual_seed(0)
     start = tmp_path / "start"
-    save(build_model(build_config(processor.tokenizer, TINY), TINY_SAM2_YAML), processor, start,
-         parse_args(["--out", str(start)]), TINY, step=3)
+    model = build_model(build_config(processor.tokenizer, TINY), TINY_SAM2_YAML)
+    save(model, processor, start, parse_args(["--out", str(start)]), TINY, step=3)
+    book = tmp_path / "codes.pt"  # the code term (a fixed code book) rides along in both runs
+    torch.save(CodeBook(model.sam2.sam_prompt_encoder.embed_dim).state_dict(), book)
     common = ["--init", str(start), "--steps", "2", "--warmup", "1", "--threads", "1", "--log-every", "1",
-              "--max-frames", "4", "--sam-frames", "2", "--loss-size", "64", "--grounding-weight", "1"]
+              "--max-frames", "4", "--sam-frames", "2", "--loss-size", "64", "--codes", str(book)]
     train(parse_args(["--out", str(tmp_path / "acc"), "--accumulate", "2", *common]))
     train(parse_args(["--out", str(tmp_path / "dp"), "--workers", "2", *common]))
     weights = [load_file(tmp_path / run / "model.safetensors") for run in ("acc", "dp")]
@@ -116,16 +116,14 @@ def test_workers_split_the_batch_like_accumulation(processor, tmp_path):
     assert len(moved) > len(initial) // 2  # the steps really trained
     for key in initial:
         torch.testing.assert_close(weights[1][key], weights[0][key], rtol=1e-4, atol=1e-5)
-    assert set(weights[1]) == set(initial)  # the grounding head stays out of the checkpoint...
-    heads = [torch.load(tmp_path / run / HEAD_FILE, weights_only=True) for run in ("acc", "dp")]
-    for key in heads[0]:  # ...and is saved beside it, trained alike by both runs
-        torch.testing.assert_close(heads[1][key], heads[0][key], rtol=1e-4, atol=1e-5)
+    assert set(weights[1]) == set(initial)
     recipe = json.loads((tmp_path / "dp" / "training_args.json").read_text())
     assert recipe["samples"] == 4 and recipe["history"][0]["step"] == 3
     logged = [json.loads(line) for line in (tmp_path / "dp" / "train_log.jsonl").read_text().splitlines()]
     acc_logged = [json.loads(line) for line in (tmp_path / "acc" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [1, 2] and all(r["phase"] == 1 for r in logged)
     assert logged[0]["lm"] == pytest.approx(acc_logged[0]["lm"], rel=1e-4)
+    assert logged[0]["code"] == pytest.approx(acc_logged[0]["code"], rel=1e-4)
 
 
 def test_sam2_learns_at_its_own_scale_of_the_learning_rate(processor):

@@ -31,9 +31,8 @@ class Encoded:
     ``labels``: LM targets (``None`` for a prompt); ``frames``: SAM 2 inputs ``(T, 3, S, S)``;
     ``frame_size``: ``(H, W)``; ``targets``: per ``<|seg|>`` of the text the ``(T, S, S)`` bool mask;
     ``attributes``: ``(2, L)`` auxiliary targets (see :func:`attribute_labels`, training only);
-    ``grounding``: ``(n_seg, V)`` bool, per ``<|seg|>`` which visual tokens show its objects (see
-    :func:`grounding_labels`, training only); ``codes``: ``(n_seg, 2)`` per ``<|seg|>`` the (colour, shape)
-    its answer names (``Sample.seg_codes``, training only).
+    ``codes``: ``(n_seg, 2)`` per ``<|seg|>`` the (colour, shape) its answer names (``Sample.seg_codes``,
+    training only).
     """
 
     inputs: dict[str, Any]
@@ -42,7 +41,6 @@ class Encoded:
     frame_size: tuple[int, int]
     targets: list[torch.Tensor]
     attributes: torch.Tensor | None = None
-    grounding: torch.Tensor | None = None
     codes: torch.Tensor | None = None
 
 
@@ -139,14 +137,6 @@ def attribute_labels(sample: shapes.Sample, input_ids: torch.Tensor, grid_thw: t
     return out
 
 
-def grounding_labels(sample: shapes.Sample, grid_thw: torch.Tensor, min_cover: float = 0.1) -> torch.Tensor:
-    """Per ``<|seg|>`` of the conversation, which visual tokens ``(n_seg, V)`` (raster order) show the objects
-    it stands for (a token belongs to the object covering most of its 28x28 cell, at least ``min_cover``)."""
-    owners = token_owners(sample.masks, grid_thw, min_cover)
-    return torch.stack([torch.isin(owners, torch.tensor(objects)) for objects in sample.seg_targets]) if sample.seg_targets \
-        else torch.zeros(0, owners.shape[0], dtype=torch.bool)
-
-
 def resize_masks(masks: np.ndarray, size: int) -> torch.Tensor:
     """``(..., H, W)`` bool masks -> ``(..., size, size)`` bool (antialiased bilinear, > 0.5)."""
     tensor = torch.from_numpy(np.ascontiguousarray(masks)).float()
@@ -168,13 +158,12 @@ def encode(
     llm_frames = [Image.fromarray(frame) for frame in sample.frames]
     inputs = build_vision_inputs(processor, llm_frames, text)
     inputs.update(prompt_inputs(sample, inputs["video_grid_thw"], image_size))
-    labels = attributes = grounding = None
+    labels = attributes = None
     if not prompt_only:
         labels = assistant_labels(inputs["input_ids"], processor.tokenizer)
         attributes = attribute_labels(sample, inputs["input_ids"], inputs["video_grid_thw"], processor.tokenizer)
-        grounding = grounding_labels(sample, inputs["video_grid_thw"])
     frames = sample.frames[:sam_frames]
     targets = [resize_masks(mask[:sam_frames], image_size) for mask in sample.seg_masks()]
     codes = torch.tensor(sample.seg_codes(), dtype=torch.long).view(-1, 2)
     return Encoded(inputs, labels, sam2_frames(frames, image_size), sample.frames.shape[1:3], targets, attributes,
-                   grounding, codes)
+                   codes)

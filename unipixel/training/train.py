@@ -15,9 +15,6 @@ Each step encodes one shapes conversation exactly as inference would (``data.py`
   common offset (``vision_dc``, see :func:`common_share`);
 * with ``--codes`` (a code book of ``codes.py``), the squared distance between ``seg_head``'s SAM 2 prompt
   and the code of the colour/shape words the answer names before each ``<|seg|>`` (``code``);
-* optionally (``--grounding-weight``, off by default) a training-only head that must find each
-  ``<|seg|>``'s objects among the visual tokens from the state that prompts SAM 2 (``grounding``, see
-  ``grounding.py``).
 
 The checkpoint is written in the released format (``save_checkpoint``) every ``--save-every`` steps and
 at the end, with ``training_args.json`` and a JSON-lines log of mean losses beside it.
@@ -44,7 +41,6 @@ from ..modeling.sam2 import build_sam2
 from ..modeling.unipixel import UniPixelForConditionalGeneration, seg_prompt_positions
 from .codes import CodeBook, load_codebook
 from .data import IGNORE, Encoded, encode, training_sample
-from .grounding import HEAD_FILE, GroundingHead, grounding_loss
 from .losses import SAM2_YAML, frame_losses, mask_losses, random_clicks, track_for_training
 from .tokenizer import build_processor, shapes_corpus, train_tokenizer
 
@@ -53,8 +49,6 @@ CLICK_WEIGHT = 0.5
 DC_WEIGHT = 1.0
 ATTRIBUTE_WEIGHT = 0.5
 CODE_WEIGHT = 1.0
-GROUNDING_WEIGHT = 0.0
-"""Off in the recipe of the shipped checkpoint; ``--grounding-weight 1`` is the experiment of ``grounding.py``."""
 OPTIMIZER_STATE = "optimizer.pt"
 """AdamW's state beside the checkpoint (``torch.save``; loaded with ``weights_only``), for ``--resume``."""
 
@@ -154,14 +148,12 @@ def build_model(
 
 def training_loss(
     model: UniPixelForConditionalGeneration, example: Encoded, loss_size: int, clicks: torch.Generator,
-    head: GroundingHead | None = None, grounding_weight: float = GROUNDING_WEIGHT, masks: bool = True,
-    book: CodeBook | None = None, code_weight: float = CODE_WEIGHT,
+    masks: bool = True, book: CodeBook | None = None, code_weight: float = CODE_WEIGHT,
 ) -> dict[str, torch.Tensor]:
     """All loss terms of one conversation (weighted; the training objective is their sum).
 
-    ``clicks`` draws the random click of the auxiliary SAM 2 task; ``head`` (training only) adds the
-    grounding term (``grounding_weight``, see ``grounding.py``); ``masks=False`` leaves SAM 2 out (a phase
-    that trains the LLM's grounding alone runs about four times faster); ``book`` (``codes.py``, frozen) adds
+    ``clicks`` draws the random click of the auxiliary SAM 2 task; ``masks=False`` leaves SAM 2 out (a phase
+    that trains the LLM alone runs about four times faster); ``book`` (``codes.py``, frozen) adds
     the squared distance between ``seg_head``'s prompt tokens and the code of the words each ``<|seg|>``
     follows.
     """
@@ -178,9 +170,6 @@ def training_loss(
         targets = torch.stack(example.targets)
         positions = seg_prompt_positions(example.inputs["input_ids"][0], model.config.seg_token_id)
         states = out["pre_norm_states"][0, positions]
-        if head is not None and example.grounding is not None and example.grounding.any():
-            visual = out["pre_norm_states"][0, example.inputs["input_ids"][0] == model.config.video_token_id]
-            terms["grounding"] = grounding_weight * grounding_loss(head(states, visual), example.grounding)
         hidden = model.seg_head(states).view(len(positions), model.config.sam2_hidden_tokens, -1)
         if book is not None:
             terms["code"] = code_weight * torch.nn.functional.mse_loss(hidden, book(example.codes))
@@ -232,7 +221,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, sam2_scale: float = 1.0) -
 
 
 LOGGED = (
-    "lm", "vision_dc", "attributes", "grounding", "code", "focal", "dice", "iou", "object", "click_focal", "click_dice", "click_iou", "click_object",
+    "lm", "vision_dc", "attributes", "code", "focal", "dice", "iou", "object", "click_focal", "click_dice", "click_iou", "click_object",
 )
 """Loss terms of the log, in a fixed order (workers average them over the whole batch)."""
 
@@ -291,19 +280,15 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
         first = 0
     if args.sam2_from:
         take_sam2(model, Path(args.sam2_from))
-    head = GroundingHead(model.config.text_config.hidden_size) if args.grounding_weight else None
-    if head is not None and args.resume and (out / HEAD_FILE).exists():
-        head.load_state_dict(torch.load(out / HEAD_FILE, weights_only=True))
     book = load_codebook(args.codes).requires_grad_(False) if args.codes else None
-    trained = torch.nn.ModuleList([model] + ([head] if head is not None else []))  # what the optimiser updates
-    trained.train()
-    optimizer = make_optimizer(trained, args.lr, args.sam2_lr_scale)
+    model.train()
+    optimizer = make_optimizer(model, args.lr, args.sam2_lr_scale)
     state = out / OPTIMIZER_STATE
     resumed_moments = args.resume and state.exists()
     if resumed_moments:
         optimizer.load_state_dict(torch.load(state, weights_only=True))
     if distributed:
-        for tensor in trained.state_dict().values():  # every worker starts from rank 0's weights
+        for tensor in model.state_dict().values():  # every worker starts from rank 0's weights
             dist.broadcast(tensor, 0)
     offset = sum(consumed(phase) for phase in history)  # the data stream goes on after earlier phases' samples
     batch = args.accumulate * args.workers
@@ -322,14 +307,13 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
             sample = training_sample(TRAIN_SEED, index, args.task_mix, args.video_prob, args.max_frames)
             example = encode(processor, sample, model.config.sam2_image_size, sam_frames=args.sam_frames)
             clicks = torch.Generator().manual_seed(args.seed * 1_000_003 + index)  # the same whichever worker draws it
-            terms = training_loss(model, example, args.loss_size, clicks, head, args.grounding_weight, not args.skip_masks,
-                                  book, args.code_weight)
+            terms = training_loss(model, example, args.loss_size, clicks, not args.skip_masks, book, args.code_weight)
             (sum(terms.values()) / batch).backward()
             for key, value in terms.items():
                 window[:, LOGGED.index(key)] += torch.tensor([float(value.detach()), 1.0], dtype=torch.float64)
         if distributed:
-            average_gradients(trained)
-        torch.nn.utils.clip_grad_norm_(trained.parameters(), args.clip)
+            average_gradients(model)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if (step + 1) % args.log_every == 0:
@@ -346,8 +330,6 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
             if rank == 0:
                 save(model, processor, out, args, sizes, step + 1, history)
                 torch.save(optimizer.state_dict(), state)
-                if head is not None:
-                    torch.save(head.state_dict(), out / HEAD_FILE)
             if out_of_time(started, args.time_limit, distributed):
                 print(f"time limit reached: stopped after the checkpoint of step {step + 1}", flush=True)
                 break
@@ -418,14 +400,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"when {OPTIMIZER_STATE} is there, AdamW's moments; else AdamW re-warms briefly)")
     parser.add_argument("--init", help="start a new phase from this checkpoint's weights: fresh optimiser and schedule, "
                                        "the data stream continuing after the samples it was trained on")
-    parser.add_argument("--grounding-weight", type=float, default=GROUNDING_WEIGHT,
-                        help="weight of the grounding term (0, the default: no grounding head)")
     parser.add_argument("--code-weight", type=float, default=CODE_WEIGHT, help="weight of the code term")
     parser.add_argument("--sam2-from", help="take SAM 2 (weights and sam2_config.yaml) from this checkpoint")
     parser.add_argument("--codes", help="a code book (codes.pt of `python -m unipixel.training.codes`): seg_head "
                                         "learns to produce the code of what each answer names")
     parser.add_argument("--skip-masks", action="store_true",
-                        help="leave SAM 2 and its losses out (a phase that trains the LLM's grounding alone)")
+                        help="leave SAM 2 and its losses out (a phase that trains the LLM alone)")
     parser.add_argument("--sam2-yaml", default=str(SAM2_YAML), help="SAM 2 architecture of a fresh model (stock format)")
     parser.add_argument("--untied-embed-std", type=float,
                         help="untie the input embeddings from the LM head and draw them with this std (fresh model)")
