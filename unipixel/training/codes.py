@@ -35,10 +35,12 @@ from ..processing.vision import sam2_frames
 from . import shapes
 from .data import resize_masks
 from .losses import frame_losses, mask_losses, sam_heads, track_for_training
+from .schedule import learning_rate
 
 CODE_SEED, HELD_OUT_SEED = 5, 77
 """Scene streams of this stage (training, held-out)."""
 CODES_FILE = "codes.pt"
+WARMUP = 200
 
 
 class CodeBook(nn.Module):
@@ -153,13 +155,6 @@ def one_mask_config(path: Path) -> None:
     path.write_text(OmegaConf.to_yaml(config))
 
 
-def learning_rate(step: int, steps: int, peak: float, warmup: int = 200) -> float:
-    """Linear warm-up, then cosine decay to 5 % of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    return peak * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, steps - warmup))))
-
-
 def train_codes(args: argparse.Namespace) -> Path:
     """Redraw ``--init``'s SAM 2 (its own architecture, one mask per prompt), train it with a code book, save both to ``--out``."""
     torch.manual_seed(args.seed)
@@ -177,7 +172,7 @@ def train_codes(args: argparse.Namespace) -> Path:
     started = time.time()
     for step in range(args.steps):
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.steps, args.lr)
+            group["lr"] = learning_rate(step, args.steps, args.lr, WARMUP)
         scene = code_scene(CODE_SEED, step, size, args.video_prob, args.max_frames, args.sam_frames)
         loss = sum(code_losses(sam2, book, scene, generator, args.loss_size, args.click_weight).values())
         optimizer.zero_grad(set_to_none=True)

@@ -42,6 +42,7 @@ from ..modeling.unipixel import UniPixelForConditionalGeneration, seg_prompt_pos
 from .codes import CodeBook, load_codebook
 from .data import IGNORE, Encoded, encode, training_sample
 from .losses import SAM2_YAML, frame_losses, mask_losses, random_clicks, track_for_training
+from .schedule import learning_rate
 from .tokenizer import build_processor, shapes_corpus, train_tokenizer
 
 TRAIN_SEED = 0
@@ -190,14 +191,6 @@ def common_share(tokens: torch.Tensor) -> torch.Tensor:
     keeps the content visible.
     """
     return tokens.mean(0).pow(2).sum() / tokens.pow(2).sum(-1).mean().clamp(min=1e-6)
-
-
-def learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 5 % of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def seed_everything(seed: int) -> None:

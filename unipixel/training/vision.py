@@ -25,7 +25,8 @@ from ..loading import load_model, save_checkpoint
 from ..processing.vision import VIDEO_PLACEHOLDER, build_vision_inputs
 from . import shapes
 from .data import IGNORE, token_owners
-from .train import learning_rate, seed_everything
+from .schedule import learning_rate
+from .train import seed_everything
 
 VISION_SEED = 7
 """Scene stream of this stage (distinct from the conversation streams of ``train`` and of the evaluation)."""
