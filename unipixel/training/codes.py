@@ -156,7 +156,8 @@ def one_mask_config(path: Path) -> None:
 
 
 def train_codes(args: argparse.Namespace) -> Path:
-    """Redraw ``--init``'s SAM 2 (its own architecture, one mask per prompt), train it with a code book, save both to ``--out``."""
+    """Redraw ``--init``'s SAM 2 (its own architecture, one mask per prompt), train it with a code book and
+    save both to ``--out``."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     model, processor = load_model(args.init)
