@@ -19,7 +19,6 @@ The printed held-out scores are the IoU of code prompts and of clicks on an obje
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from ..processing.vision import sam2_frames
 from . import shapes
 from .data import resize_masks
 from .losses import frame_losses, mask_losses, sam_heads, track_for_training
+from .recipe import record_stage
 from .schedule import learning_rate
 
 CODE_SEED, HELD_OUT_SEED = 5, 77
@@ -102,9 +102,10 @@ def code_losses(
 ) -> dict[str, torch.Tensor]:
     """SAM 2's losses (as in ``train``) for one :func:`code_scene`, plus the click task on frame 0 (weighted)."""
     frames, targets, codes, own = scene
-    outputs, clicked = track_for_training(sam2, frames, book(codes), object_clicks(own, generator))
+    clicks = object_clicks(own, generator) if click_weight else None
+    outputs, clicked = track_for_training(sam2, frames, book(codes), clicks)
     terms = mask_losses(outputs, targets, loss_size)
-    if click_weight:
+    if clicked is not None:
         terms.update({f"click_{k}": click_weight * v for k, v in frame_losses(clicked, own[:, 0], loss_size).items()})
     return terms
 
@@ -189,10 +190,8 @@ def train_codes(args: argparse.Namespace) -> Path:
     save_checkpoint(model.eval(), processor, out)
     one_mask_config(out / SAM2_CONFIG)
     torch.save(book.state_dict(), out / CODES_FILE)
-    recipe = json.loads((Path(args.init) / "training_args.json").read_text())
-    recipe["codes_stage"] = {"args": vars(args), "seconds": round(time.time() - started),
-                             "held_out_code_iou": round(code_iou, 4), "held_out_click_iou": round(click_iou, 4)}
-    (out / "training_args.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    record_stage(args.init, out, "codes", {"args": vars(args), "seconds": round(time.time() - started),
+                                           "held_out_code_iou": round(code_iou, 4), "held_out_click_iou": round(click_iou, 4)})
     return out
 
 

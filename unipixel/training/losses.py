@@ -73,13 +73,14 @@ def sam_heads(
 
 
 def track_for_training(
-    sam2: UniPixelSAM2, frames: torch.Tensor, hidden: torch.Tensor, clicks: tuple[torch.Tensor, torch.Tensor]
-) -> tuple[list[FrameOutput], FrameOutput]:
+    sam2: UniPixelSAM2, frames: torch.Tensor, hidden: torch.Tensor, clicks: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[list[FrameOutput], FrameOutput | None]:
     """Segment B objects prompted by ``hidden`` ``(B, k, C)`` on frame 0 and track them over ``frames``
     ``(T, 3, S, S)`` with memory, differentiably. Returns one :class:`FrameOutput` per frame, and the
     classic SAM output of frame 0 for ``clicks`` (point prompts, see :func:`random_clicks`): an auxiliary
-    task sharing the image features and the decoder that teaches them what an object is."""
+    task sharing the image features and the decoder that teaches them what an object is (``None``: no clicks)."""
     batch, num_frames = hidden.shape[0], frames.shape[0]
+    clicked = None
     backbone = sam2.forward_image(frames)
     _, feats, pos, sizes = sam2._prepare_backbone_features(backbone)
     memory: dict[str, dict[int, dict]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
@@ -94,7 +95,7 @@ def track_for_training(
         high_res = [x.permute(1, 2, 0).reshape(batch, x.shape[2], *s) for x, s in zip(cur[:-1], sizes[:-1])]
         masks, ious, tokens, object_score = sam_heads(sam2, pix_feat, high_res, hidden if t == 0 else None, init_frame=t == 0)
         outputs.append(FrameOutput(masks, ious, object_score))
-        if t == 0:
+        if t == 0 and clicks is not None:
             click_masks, click_ious, _, click_score = sam_heads(sam2, pix_feat, high_res, None, clicks)
             clicked = FrameOutput(click_masks, click_ious, click_score)
         if t == num_frames - 1:

@@ -42,6 +42,7 @@ from ..modeling.unipixel import UniPixelForConditionalGeneration, seg_prompt_pos
 from .codes import CodeBook, load_codebook
 from .data import IGNORE, Encoded, encode, training_sample
 from .losses import SAM2_YAML, frame_losses, mask_losses, random_clicks, track_for_training
+from .recipe import RECIPE_FILE, STAGE_SUFFIX
 from .schedule import learning_rate
 from .tokenizer import build_processor, shapes_corpus, train_tokenizer
 
@@ -261,11 +262,12 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
     if args.resume or args.init:
         source = out if args.resume else Path(args.init)
         model, processor = load_model(source)
-        recorded = json.loads((source / "training_args.json").read_text())
+        recorded = json.loads((source / RECIPE_FILE).read_text())
         history = recorded.get("history", [])
         first = recorded["step"] if args.resume else 0
         if args.init:  # a new phase: fresh optimiser and schedule, the data stream goes on after the init's samples
-            history = history + [{k: recorded[k] for k in ("step", "samples", "args", "vision_stage", "codes_stage") if k in recorded}]
+            history = history + [{k: v for k, v in recorded.items()
+                                  if k in ("step", "samples", "args") or k.endswith(STAGE_SUFFIX)}]
         print(f"{'resuming' if args.resume else 'starting from'} {source} at step {first}", flush=True)
     else:
         processor = build_processor(train_tokenizer(shapes_corpus(args.corpus), vocab_size=args.vocab))
@@ -367,7 +369,7 @@ def save(
     recipe = {"step": step, "samples": step * args.accumulate * args.workers, "args": vars(args), "sizes": asdict(sizes)}
     if history:
         recipe["history"] = history
-    (out / "training_args.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    (out / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

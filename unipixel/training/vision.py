@@ -12,7 +12,6 @@ shapes scenes packed into one sequence as Qwen2.5-VL packs videos, on the GPU wh
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from ..loading import load_model, save_checkpoint
 from ..processing.vision import VIDEO_PLACEHOLDER, build_vision_inputs
 from . import shapes
 from .data import IGNORE, token_owners
+from .recipe import record_stage
 from .schedule import learning_rate
 from .train import seed_everything
 
@@ -122,12 +122,10 @@ def train_vision(args: argparse.Namespace) -> Path:
     model.model.visual.to("cpu", torch.float32)
     out = Path(args.out)
     save_checkpoint(model, processor, out)
-    recipe = json.loads((Path(args.init) / "training_args.json").read_text())
-    recipe["vision_stage"] = {
+    record_stage(args.init, out, "vision", {
         "args": vars(args), "steps": step, "scenes": step * args.batch, "seconds": round(time.time() - started),
         "device": device, "held_out_colour": round(scores[0], 4), "held_out_shape": round(scores[1], 4),
-    }
-    (out / "training_args.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    })
     return out
 
 
