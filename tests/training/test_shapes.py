@@ -288,3 +288,18 @@ def test_image_generation_speed():
     t = time.perf_counter()
     list(S.generate_dataset(0, 100, video_prob=0.0))
     assert 100 / (time.perf_counter() - t) > 50  # loose bound (shared CPU); ~600/s measured alone
+
+
+def test_crop_scenes_hold_objects_of_the_sizes_the_tower_meets_in_processed_scenes():
+    from unipixel.processing.vision import llm_frame_size
+
+    rng = np.random.default_rng(4)
+    crop = [o.scale for _ in range(150) for o in S.make_scene(rng, style="crop").objects]
+    full = []
+    for _ in range(150):
+        scene = S.make_scene(rng)
+        h, w = scene.frames.shape[1:3]
+        full += [o.scale * llm_frame_size(h, w, 1, 16)[0] / h for o in scene.objects]
+    assert 0.6 < np.percentile(crop, 5) / np.percentile(full, 5) < 1.6
+    assert 0.6 < np.percentile(crop, 95) / np.percentile(full, 95) < 1.6
+    assert all(S.make_scene(rng, style="crop").frames.shape[1] % 28 == 0 for _ in range(5))

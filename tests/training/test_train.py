@@ -126,13 +126,13 @@ def test_workers_split_the_batch_like_accumulation(processor, tmp_path):
     assert logged[0]["code"] == pytest.approx(acc_logged[0]["code"], rel=1e-4)
 
 
-def test_sam2_learns_at_its_own_scale_of_the_learning_rate(processor):
+def test_sam2_and_the_tower_learn_at_their_own_scales_of_the_learning_rate(processor):
     from unipixel.training.train import make_optimizer
 
     model = build_model(build_config(processor.tokenizer, TINY), TINY_SAM2_YAML)
-    optimizer = make_optimizer(model, lr=1e-3, sam2_scale=0.25)
-    sam2 = {id(p) for p in model.sam2.parameters()}
+    optimizer = make_optimizer(model, lr=1e-3, scales={"sam2": 0.25, "vision": 0.1})
+    part = {id(p): 0.25 for p in model.sam2.parameters()} | {id(p): 0.1 for p in model.model.visual.parameters()}
     for group in optimizer.param_groups:
-        inside = {id(p) in sam2 for p in group["params"]}
-        assert len(inside) == 1 and group["scale"] == (0.25 if inside.pop() else 1.0)
+        assert {part.get(id(p), 1.0) for p in group["params"]} == {group["scale"]}
+    assert {g["scale"] for g in optimizer.param_groups} == {0.25, 0.1, 1.0}
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))

@@ -98,7 +98,11 @@ def prepare_llm_frames(llm_frames: Sequence[Image.Image], sample_frames: int = 1
     if any(frame.size != (width, height) for frame in llm_frames):
         raise ValueError("all frames must have the same size")
     h, w = llm_frame_size(height, width, len(llm_frames), sample_frames)
-    frames = [frame.resize((w, h), Image.Resampling.BICUBIC) for frame in llm_frames]
+    return pad_to_temporal_patch([frame.resize((w, h), Image.Resampling.BICUBIC) for frame in llm_frames])
+
+
+def pad_to_temporal_patch(frames: list[Image.Image]) -> list[Image.Image]:
+    """Repeat the last frame so the count fills whole temporal patches (an image becomes two frames)."""
     return frames + frames[-1:] * (len(frames) % TEMPORAL_PATCH)
 
 

@@ -47,6 +47,10 @@ MOTIONS = DIRECTIONS + ("still",)
 # equal-area radius as a fraction of the canvas' short side (area = pi * radius^2 for every shape)
 SIZE_RANGES = {"small": (0.05, 0.075), "medium": (0.095, 0.125), "large": (0.15, 0.19)}
 OOD_SIZE_RANGES = {"small": (0.045, 0.06), "medium": (0.085, 0.1), "large": (0.2, 0.24)}
+# "crop" scenes (vision stage): small canvases shown to the tower unresized, whose objects span the same
+# 10-85 px radii the tower meets in processed "train" scenes (the processor upscales those canvases)
+CROP_SIZE_RANGES = {"small": (0.12, 0.2), "medium": (0.2, 0.3), "large": (0.3, 0.45)}
+_SIZE_RANGES = {"train": SIZE_RANGES, "crop": CROP_SIZE_RANGES, "ood": OOD_SIZE_RANGES}
 BACKGROUNDS = ("light", "dark", "grey", "noise", "gradient", "stripes")
 OOD_BACKGROUNDS = ("colour_noise", "checker", "radial")
 TRAIN_SEED, HELDOUT_SEED = 0, 2_000_003
@@ -340,6 +344,9 @@ def _canvas(rng: np.random.Generator, style: str) -> tuple[int, int]:
     if style == "train":
         h, w = rng.integers(160, 449, 2)
         return int(h), int(w)
+    if style == "crop":  # multiples of the 28 px merged token, so no resize is needed
+        h, w = rng.integers(3, 8, 2) * 28
+        return int(h), int(w)
     short, long = int(rng.integers(140, 221)), int(rng.integers(420, 641))  # OOD: extreme aspect ratios
     return (short, long) if rng.random() < 0.5 else (long, short)
 
@@ -347,7 +354,7 @@ def _canvas(rng: np.random.Generator, style: str) -> tuple[int, int]:
 def _new_object(rng: np.random.Generator, style: str, h: int, w: int, t: int):
     """Propose one object: (info, shape template, outline-ring template or None)."""
     colour, shape, size = COLOURS_L[rng.integers(6)], SHAPES[rng.integers(4)], SIZES[rng.integers(3)]
-    lo, hi = (SIZE_RANGES if style == "train" else OOD_SIZE_RANGES)[size]
+    lo, hi = _SIZE_RANGES[style][size]
     s = rng.uniform(lo, hi) * min(h, w)
     rot = float(rng.uniform(-35, 35)) if style == "ood" and shape != "circle" else 0.0
     tmpl = shape_template(shape, s, rot)
@@ -381,10 +388,14 @@ def _too_close(a: ObjectInfo, b: ObjectInfo) -> bool:
 
 def make_scene(rng: np.random.Generator, video: bool = False, style: str = "train",
                num_objects: int | None = None, num_frames: int | None = None) -> Scene:
-    """Random scene; objects are added in painter's order and rejected if they occlude too much."""
+    """Random scene; objects are added in painter's order and rejected if they occlude too much.
+
+    ``style``: "train" (the training and held-out scenes), "ood" (the generator the model never sees) or
+    "crop" (small canvases for the vision stage).
+    """
     h, w = _canvas(rng, style)
     t = 1 if not video else (num_frames or int(rng.integers(4, 17)))
-    kinds = BACKGROUNDS if style == "train" else OOD_BACKGROUNDS
+    kinds = OOD_BACKGROUNDS if style == "ood" else BACKGROUNDS
     bg = kinds[rng.integers(len(kinds))]
     n = num_objects or int(rng.integers(1, 6))
     objects: list[ObjectInfo] = []

@@ -200,16 +200,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, sam2_scale: float = 1.0) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases, norms, embeddings and SAM 2's learned tokens/encodings; SAM 2's
-    learning rate is ``sam2_scale`` times the rest (each group's ``scale``)."""
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+def make_optimizer(model: torch.nn.Module, lr: float, scales: dict[str, float] | None = None) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms, embeddings and SAM 2's learned tokens/encodings. ``scales``
+    sets the learning rate of a part (``"sam2"``, ``"vision"``) relative to the rest (each group's ``scale``)."""
+    scales = scales or {}
+    groups: dict[tuple[bool, str], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         decay = param.ndim >= 2 and "embed" not in name and "tokens" not in name
-        groups.setdefault((decay, ".sam2." in f".{name}"), []).append(param)
+        part = "sam2" if ".sam2." in f".{name}" else "vision" if name.startswith("model.visual.") else "rest"
+        groups.setdefault((decay, part), []).append(param)
     return torch.optim.AdamW(
-        [{"params": params, "weight_decay": 0.01 if decay else 0.0, "scale": sam2_scale if sam2 else 1.0}
-         for (decay, sam2), params in groups.items()],
+        [{"params": params, "weight_decay": 0.01 if decay else 0.0, "scale": scales.get(part, 1.0)}
+         for (decay, part), params in groups.items()],
         lr=lr, betas=(0.9, 0.98),
     )
 
@@ -275,9 +277,11 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
         first = 0
     if args.sam2_from:
         take_sam2(model, Path(args.sam2_from))
+    if args.vision_from:
+        take_vision(model, Path(args.vision_from))
     book = load_codebook(args.codes).requires_grad_(False) if args.codes else None
     model.train()
-    optimizer = make_optimizer(model, args.lr, args.sam2_lr_scale)
+    optimizer = make_optimizer(model, args.lr, {"sam2": args.sam2_lr_scale, "vision": args.vision_lr_scale})
     state = out / OPTIMIZER_STATE
     resumed_moments = args.resume and state.exists()
     if resumed_moments:
@@ -345,6 +349,19 @@ def take_sam2(model: UniPixelForConditionalGeneration, donor: Path) -> None:
     model.sam2, model.sam2_yaml = other.sam2, other.sam2_yaml
 
 
+def take_vision(model: UniPixelForConditionalGeneration, donor: Path) -> None:
+    """Put the vision tower of checkpoint ``donor`` (e.g. a ``vision.py`` output) into ``model``; ``msk_proj``
+    becomes a copy of its merger MLP, as in a fresh model, so a ``<|mem|>`` token starts as the mean of the
+    visual tokens under its mask."""
+    other, _ = load_model(donor)
+    shape = lambda config: {k: v for k, v in config.vision_config.to_dict().items() if k != "dtype"}  # noqa: E731
+    if shape(other.config) != shape(model.config):
+        raise ValueError(f"{donor}: its vision tower's configuration differs from the model's")
+    with torch.no_grad():
+        model.model.visual.load_state_dict(other.model.visual.state_dict())
+        model.msk_proj.load_state_dict(model.model.visual.merger.mlp.state_dict())
+
+
 def out_of_time(started: float, limit: float | None, distributed: bool) -> bool:
     """Whether ``limit`` seconds have passed since ``started``, as rank 0 sees it (so all workers stop together)."""
     flag = torch.tensor([limit is not None and time.time() - started > limit], dtype=torch.int32)
@@ -382,6 +399,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=300, help="warm-up steps")
     parser.add_argument("--sam2-lr-scale", type=float, default=1.0, help="SAM 2's learning rate relative to --lr")
+    parser.add_argument("--vision-lr-scale", type=float, default=1.0,
+                        help="the vision tower's learning rate relative to --lr")
     parser.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
     parser.add_argument("--video-prob", type=float, default=0.3, help="share of video samples")
     parser.add_argument("--max-frames", type=int, default=8, help="frames of the longest training clip")
@@ -397,6 +416,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                        "the data stream continuing after the samples it was trained on")
     parser.add_argument("--code-weight", type=float, default=CODE_WEIGHT, help="weight of the code term")
     parser.add_argument("--sam2-from", help="take SAM 2 (weights and sam2_config.yaml) from this checkpoint")
+    parser.add_argument("--vision-from", help="take the vision tower from this checkpoint (`python -m unipixel.training.vision`)")
     parser.add_argument("--codes", help="a code book (codes.pt of `python -m unipixel.training.codes`): seg_head "
                                         "learns to produce the code of what each answer names")
     parser.add_argument("--skip-masks", action="store_true",
