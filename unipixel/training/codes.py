@@ -15,12 +15,6 @@ on codes of shapes images (``--video-prob``: clips too, tracked with memory exac
 book is saved beside the checkpoint (``codes.pt``, training only): ``train --codes`` then teaches
 ``seg_head`` to produce the code of the words an answer names before each ``<|seg|>``.
 The printed held-out scores are the IoU of code prompts and of clicks on an object's middle pixel.
-
-Codes alone teach SAM 2 colour but hardly shape (held-out IoU of shape-only codes 0.23 after 6,000 scenes):
-the mask losses reach the image encoder only through what the decoder already uses. So the stage first
-trains the fresh image encoder on its own (``--encoder-steps``): two 1x1 heads on its image embedding (the
-features the prompts attend to) name the colour and the shape of the object covering each 16 px cell,
-on batches of scenes; the heads are dropped afterwards.
 """
 from __future__ import annotations
 
@@ -38,15 +32,13 @@ from ..loading import load_model, save_checkpoint
 from ..modeling.sam2 import UniPixelSAM2, build_sam2
 from ..processing.vision import sam2_frames
 from . import shapes
-from .data import IGNORE, cell_owners, resize_masks
+from .data import resize_masks
 from .losses import frame_losses, mask_losses, sam_heads, track_for_training
 from .recipe import record_stage
 from .schedule import learning_rate
 
-CODE_SEED, HELD_OUT_SEED, ENCODER_SEED = 5, 77, 9
-"""Scene streams of this stage (codes, held-out, encoder phase)."""
-EMBEDDING_STRIDE = 16
-"""Pixels (of the SAM 2 input) per cell of the image embedding."""
+CODE_SEED, HELD_OUT_SEED = 5, 77
+"""Scene streams of this stage (training, held-out)."""
 CODES_FILE = "codes.pt"
 WARMUP = 200
 
@@ -156,56 +148,6 @@ def held_out_scores(sam2: UniPixelSAM2, book: CodeBook, scenes: list[tuple[torch
     return float(np.mean(codes)), float(np.mean(clicks))
 
 
-def encoder_scene(seed: int, index: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image ``index`` of stream ``seed`` for the encoder phase: SAM 2 frame ``(1, 3, S, S)`` and the colour and
-    shape of the object covering each cell of the image embedding, ``(2, S/16, S/16)`` (``IGNORE``: none)."""
-    scene = shapes.make_scene(np.random.default_rng([seed, index]))
-    grid = size // EMBEDDING_STRIDE
-    owners = cell_owners(scene.masks[:, :1], (grid, grid))[0]
-    table = torch.tensor(
-        [[shapes.COLOURS_L.index(o.colour), shapes.SHAPES.index(o.shape)] for o in scene.objects] + [[IGNORE, IGNORE]]
-    )
-    return sam2_frames(scene.frames, size), table[owners].permute(2, 0, 1)
-
-
-def train_encoder(sam2: UniPixelSAM2, args: argparse.Namespace, size: int) -> tuple[float, float]:
-    """The encoder phase (see the module doc); returns the held-out colour and shape accuracy of the cells."""
-    colours = len(shapes.COLOURS_L)
-    head = nn.Conv2d(sam2.hidden_dim, colours + len(shapes.SHAPES), 1)
-    params = list(sam2.image_encoder.parameters()) + list(head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=args.encoder_lr, weight_decay=0.01)
-    held_out = [encoder_scene(HELD_OUT_SEED, i, size) for i in range(args.eval_scenes)]
-    held_frames, held_labels = torch.cat([f for f, _ in held_out]), torch.stack([lab for _, lab in held_out])
-
-    def logits(frames: torch.Tensor) -> torch.Tensor:
-        return head(sam2.image_encoder(frames)["vision_features"])
-
-    def accuracy() -> tuple[float, float]:
-        with torch.no_grad():
-            predicted = logits(held_frames)
-        keep = held_labels[:, 0] != IGNORE
-        return tuple(float((part.argmax(1)[keep] == held_labels[:, k][keep]).float().mean())
-                     for k, part in enumerate(predicted.split([colours, len(shapes.SHAPES)], 1)))
-
-    started = time.time()
-    for step in range(args.encoder_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.encoder_steps, args.encoder_lr, WARMUP)
-        batch = [encoder_scene(ENCODER_SEED, step * args.encoder_batch + k, size) for k in range(args.encoder_batch)]
-        labels = torch.stack([lab for _, lab in batch])
-        parts = logits(torch.cat([f for f, _ in batch])).split([colours, len(shapes.SHAPES)], 1)
-        loss = sum(nn.functional.cross_entropy(part, labels[:, k], ignore_index=IGNORE) for k, part in enumerate(parts))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        if (step + 1) % args.log_every == 0:
-            colour, shape = accuracy()
-            print(f"encoder step={step + 1} elapsed_s={time.time() - started:.0f} loss={float(loss.detach()):.4f} "
-                  f"held_out_cell_colour={colour:.3f} held_out_cell_shape={shape:.3f}", flush=True)
-    return accuracy()
-
-
 def one_mask_config(path: Path) -> None:
     """Turn stock SAM 2's multimask output off in the ``sam2_config.yaml`` at ``path``."""
     config = OmegaConf.load(path)
@@ -224,13 +166,12 @@ def train_codes(args: argparse.Namespace) -> Path:
     model.sam2 = build_sam2(model.config.sam2_config, size, model.sam2_yaml)
     sam2 = model.sam2.train()
     sam2.multimask_output_in_sam = sam2.multimask_output_for_tracking = False
-    started = time.time()
-    cells = train_encoder(sam2, args, size) if args.encoder_steps else None
     book = CodeBook(sam2.sam_prompt_encoder.embed_dim)
     params = list(sam2.parameters()) + list(book.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     held_out = [code_scene(HELD_OUT_SEED, i, size, video_prob=0.0) for i in range(args.eval_scenes)]
     generator = torch.Generator().manual_seed(args.seed)
+    started = time.time()
     for step in range(args.steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, WARMUP)
@@ -249,10 +190,8 @@ def train_codes(args: argparse.Namespace) -> Path:
     save_checkpoint(model.eval(), processor, out)
     one_mask_config(out / SAM2_CONFIG)
     torch.save(book.state_dict(), out / CODES_FILE)
-    record_stage(args.init, out, "codes", {
-        "args": vars(args), "seconds": round(time.time() - started), "held_out_code_iou": round(code_iou, 4),
-        "held_out_click_iou": round(click_iou, 4), "held_out_cell_accuracy": cells and [round(v, 4) for v in cells],
-    })
+    record_stage(args.init, out, "codes", {"args": vars(args), "seconds": round(time.time() - started),
+                                           "held_out_code_iou": round(code_iou, 4), "held_out_click_iou": round(click_iou, 4)})
     return out
 
 
@@ -262,9 +201,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="where the checkpoint and codes.pt are written")
     parser.add_argument("--steps", type=int, default=8000, help="scenes (one optimiser step each)")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (warm-up, cosine decay)")
-    parser.add_argument("--encoder-steps", type=int, default=3000, help="steps of the encoder phase (0: none)")
-    parser.add_argument("--encoder-batch", type=int, default=8, help="scenes per step of the encoder phase")
-    parser.add_argument("--encoder-lr", type=float, default=1e-3, help="peak learning rate of the encoder phase")
     parser.add_argument("--video-prob", type=float, default=0.0, help="share of clips")
     parser.add_argument("--max-frames", type=int, default=8, help="frames of the longest clip")
     parser.add_argument("--sam-frames", type=int, default=4, help="frames SAM 2 tracks")

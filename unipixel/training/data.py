@@ -102,21 +102,15 @@ def prompt_inputs(sample: shapes.Sample, grid_thw: torch.Tensor, image_size: int
     return out
 
 
-def cell_owners(masks: np.ndarray, size: tuple[int, int], min_cover: float = 0.25) -> torch.Tensor:
-    """Per cell of a ``size`` grid over each frame of ``masks`` ``(N, T, H, W)``: the index of the object
-    covering at least ``min_cover`` of the cell, else -1; ``(T, h, w)``."""
-    cover = F.interpolate(torch.from_numpy(np.ascontiguousarray(masks)).float(), size=size, mode="area")
-    best, owner = cover.max(dim=0)
-    owner[best < min_cover] = -1
-    return owner
-
-
 def token_owners(masks: np.ndarray, grid_thw: torch.Tensor, min_cover: float = 0.25) -> torch.Tensor:
     """Per merged visual token (raster order, first frame of each temporal slot): the index of the object of
     ``masks`` ``(N, T, H, W)`` covering at least ``min_cover`` of its 28x28 cell, else -1."""
     t, h, w = (int(v) for v in grid_thw[0])
     frames = masks[:, [min(2 * slot, masks.shape[1] - 1) for slot in range(t)]]  # (N, t, H, W)
-    return cell_owners(frames, (h // 2, w // 2), min_cover).flatten()
+    cover = F.interpolate(torch.from_numpy(frames).float(), size=(h // 2, w // 2), mode="area")  # (N, t, h/2, w/2)
+    best, owner = cover.max(dim=0)
+    owner[best < min_cover] = -1
+    return owner.flatten()
 
 
 def attribute_labels(sample: shapes.Sample, input_ids: torch.Tensor, grid_thw: torch.Tensor, tokenizer,
