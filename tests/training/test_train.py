@@ -136,3 +136,27 @@ def test_sam2_and_the_tower_learn_at_their_own_scales_of_the_learning_rate(proce
         assert {part.get(id(p), 1.0) for p in group["params"]} == {group["scale"]}
     assert {g["scale"] for g in optimizer.param_groups} == {0.25, 0.1, 1.0}
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_parts_taken_from_stage_checkpoints_are_recorded_with_their_stage(processor, tmp_path):
+    from unipixel.training.recipe import record_stage
+    from unipixel.training.train import train
+
+    torch.manual_seed(0)
+    start, donor = tmp_path / "start", tmp_path / "tower"
+    save(build_model(build_config(processor.tokenizer, TINY), TINY_SAM2_YAML), processor, start,
+         parse_args(["--out", str(start)]), TINY, step=1)
+    save(build_model(build_config(processor.tokenizer, TINY), TINY_SAM2_YAML), processor, donor,
+         parse_args(["--out", str(donor)]), TINY, step=1)
+    record_stage(donor, donor, "vision", {"held_out_shape": 0.97})
+    common = ["--steps", "1", "--warmup", "1", "--threads", "1", "--max-frames", "4", "--skip-masks"]
+    train(parse_args(["--out", str(tmp_path / "joined"), "--init", str(start), "--vision-from", str(donor), *common]))
+    recipe = json.loads((tmp_path / "joined" / "training_args.json").read_text())
+    assert recipe["donors"] == {"vision_from": {"path": str(donor), "vision_stage": {"held_out_shape": 0.97}}}
+    joined, _ = load_model(tmp_path / "joined")
+    tower = load_model(donor)[0].model.visual.state_dict()
+    moved = [k for k, v in joined.model.visual.state_dict().items() if not torch.equal(v, tower[k])]
+    assert moved  # the taken tower then trained on
+    train(parse_args(["--out", str(tmp_path / "next"), "--init", str(tmp_path / "joined"), *common]))
+    later = json.loads((tmp_path / "next" / "training_args.json").read_text())
+    assert "donors" not in later and later["history"][-1]["donors"] == recipe["donors"]

@@ -14,3 +14,10 @@ def record_stage(init: str | Path, out: str | Path, name: str, record: dict) -> 
     recipe = json.loads((Path(init) / RECIPE_FILE).read_text())
     recipe[name + STAGE_SUFFIX] = record
     (Path(out) / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
+
+
+def stages(checkpoint: str | Path) -> dict:
+    """The ``<name>_stage`` records in ``checkpoint``'s recipe (none when it has no recipe)."""
+    path = Path(checkpoint) / RECIPE_FILE
+    recipe = json.loads(path.read_text()) if path.exists() else {}
+    return {key: value for key, value in recipe.items() if key.endswith(STAGE_SUFFIX)}

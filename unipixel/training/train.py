@@ -42,7 +42,7 @@ from ..modeling.unipixel import UniPixelForConditionalGeneration, seg_prompt_pos
 from .codes import CodeBook, load_codebook
 from .data import IGNORE, Encoded, encode, training_sample
 from .losses import SAM2_YAML, frame_losses, mask_losses, random_clicks, track_for_training
-from .recipe import RECIPE_FILE, STAGE_SUFFIX
+from .recipe import RECIPE_FILE, STAGE_SUFFIX, stages
 from .schedule import learning_rate
 from .tokenizer import build_processor, shapes_corpus, train_tokenizer
 
@@ -269,7 +269,7 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
         first = recorded["step"] if args.resume else 0
         if args.init:  # a new phase: fresh optimiser and schedule, the data stream goes on after the init's samples
             history = history + [{k: v for k, v in recorded.items()
-                                  if k in ("step", "samples", "args") or k.endswith(STAGE_SUFFIX)}]
+                                  if k in ("step", "samples", "args", "donors") or k.endswith(STAGE_SUFFIX)}]
         print(f"{'resuming' if args.resume else 'starting from'} {source} at step {first}", flush=True)
     else:
         processor = build_processor(train_tokenizer(shapes_corpus(args.corpus), vocab_size=args.vocab))
@@ -279,6 +279,8 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
         take_sam2(model, Path(args.sam2_from))
     if args.vision_from:
         take_vision(model, Path(args.vision_from))
+    donors = {flag: {"path": path, **stages(path)}
+              for flag, path in (("sam2_from", args.sam2_from), ("vision_from", args.vision_from)) if path}
     book = load_codebook(args.codes).requires_grad_(False) if args.codes else None
     model.train()
     optimizer = make_optimizer(model, args.lr, {"sam2": args.sam2_lr_scale, "vision": args.vision_lr_scale})
@@ -327,7 +329,7 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
             window.zero_()
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             if rank == 0:
-                save(model, processor, out, args, sizes, step + 1, history)
+                save(model, processor, out, args, sizes, step + 1, history, donors)
                 torch.save(optimizer.state_dict(), state)
             if out_of_time(started, args.time_limit, distributed):
                 print(f"time limit reached: stopped after the checkpoint of step {step + 1}", flush=True)
@@ -378,12 +380,15 @@ def consumed(recipe: dict) -> int:
 
 def save(
     model: UniPixelForConditionalGeneration, processor, out: Path, args: argparse.Namespace, sizes: Sizes, step: int,
-    history: list[dict] | None = None,
+    history: list[dict] | None = None, donors: dict | None = None,
 ) -> None:
     """Checkpoint in the released format, plus the recipe that produced it (``history``: the earlier phases of
-    an ``--init`` chain; ``samples``: conversations this phase has trained on)."""
+    an ``--init`` chain; ``samples``: conversations this phase has trained on; ``donors``: the checkpoints
+    ``--sam2-from``/``--vision-from`` took parts from, with their stage records)."""
     save_checkpoint(model, processor, out)
     recipe = {"step": step, "samples": step * args.accumulate * args.workers, "args": vars(args), "sizes": asdict(sizes)}
+    if donors:
+        recipe["donors"] = donors
     if history:
         recipe["history"] = history
     (out / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
