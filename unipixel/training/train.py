@@ -273,7 +273,8 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
         print(f"{'resuming' if args.resume else 'starting from'} {source} at step {first}", flush=True)
     else:
         processor = build_processor(train_tokenizer(shapes_corpus(args.corpus), vocab_size=args.vocab))
-        model = build_model(build_config(processor.tokenizer, sizes), Path(args.sam2_yaml), sizes.untied_embed_std)
+        sam2_yaml = Path(args.sam2_yaml) if args.sam2_yaml else SAM2_YAML
+        model = build_model(build_config(processor.tokenizer, sizes), sam2_yaml, sizes.untied_embed_std)
         first = 0
     if args.sam2_from:
         take_sam2(model, Path(args.sam2_from))
@@ -426,7 +427,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                         "learns to produce the code of what each answer names")
     parser.add_argument("--skip-masks", action="store_true",
                         help="leave SAM 2 and its losses out (a phase that trains the LLM alone)")
-    parser.add_argument("--sam2-yaml", default=str(SAM2_YAML), help="SAM 2 architecture of a fresh model (stock format)")
+    parser.add_argument("--sam2-yaml", help="SAM 2 architecture of a fresh model (stock format; default: the package's "
+                        f"{SAM2_YAML.name})")
     parser.add_argument("--untied-embed-std", type=float,
                         help="untie the input embeddings from the LM head and draw them with this std (fresh model)")
     parser.add_argument("--task-mix", type=json.loads, default=TASK_MIX, help="JSON {task: weight} of the training stream")
