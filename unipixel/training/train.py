@@ -357,8 +357,8 @@ def take_vision(model: UniPixelForConditionalGeneration, donor: Path) -> None:
     becomes a copy of its merger MLP, as in a fresh model, so a ``<|mem|>`` token starts as the mean of the
     visual tokens under its mask."""
     other, _ = load_model(donor)
-    shape = lambda config: {k: v for k, v in config.vision_config.to_dict().items() if k != "dtype"}  # noqa: E731
-    if shape(other.config) != shape(model.config):
+    layout = lambda config: {k: v for k, v in config.vision_config.to_dict().items() if k != "dtype"}  # noqa: E731
+    if layout(other.config) != layout(model.config):
         raise ValueError(f"{donor}: its vision tower's configuration differs from the model's")
     with torch.no_grad():
         model.model.visual.load_state_dict(other.model.visual.state_dict())

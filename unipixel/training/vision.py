@@ -4,7 +4,7 @@
 
 Trained end to end, the small vision tower learns colour within a few hundred steps but never shape (a probe
 on the tokens of the 10,000-step checkpoint reads shape at 0.24, majority 0.21), and once trained that way it
-stays blind: taught shape directly it is still at 0.33 after 40,000 scenes. Here a freshly drawn tower learns
+stays blind: taught shape directly it is still at 0.33 after 40,000 crops. Here a freshly drawn tower learns
 to name the colour and the shape of the object under each merged token (two linear heads, dropped
 afterwards) on *crops*: small scenes (84-196 px, objects of the radii the tower meets in processed full
 scenes) given to it unresized, many per step, packed as Qwen2.5-VL packs videos. Crops cost a tenth of a full
