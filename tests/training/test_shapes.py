@@ -124,7 +124,10 @@ def test_referring_prompt_formats():
             names = re.findall(r"[Tt]he (.+?)<\|seg\|>", turn.assistant)
             assert len(names) == turn.assistant.count("<|seg|>") == len(turn.seg), turn.assistant
             asked = set(re.findall(r"[a-z]+", turn.user.lower())) | {"in"}
-            assert all(set(name.split()) <= asked for name in names), turn
+            for name, (i,) in zip(names, turn.seg, strict=True):
+                obj = s.objects[i]  # the asked words plus the target's own colour and shape
+                assert set(name.split()) <= asked | {obj.colour, obj.shape}, turn
+                assert S.caption_correct(name, obj), (name, obj)
             continue
         named = re.fullmatch(r"The (.+)<\|seg\|>\.", turn.assistant)
         assert named, turn.assistant  # the answer names its target right before <|seg|>
@@ -133,7 +136,8 @@ def test_referring_prompt_formats():
             q, o = m.group(1), s.objects[turn.seg[0][0]]
             assert q == q.lower() and not q.startswith(("the ", "a ", "an "))
             assert any(w in q.split() for w in (o.colour, o.shape, o.size)), q
-            assert named.group(1) == S.colour_last(q)  # the same words, the colour last
+            assert named.group(1) == S.full_name(q, o)  # the same words completed, the colour last
+            assert S.caption_correct(named.group(1), o), (named.group(1), o)
         else:
             assert any(turn.user.startswith(t.split("{}")[0]) for t in S.DESCRIPTION_TEMPLATES), turn.user
 
@@ -141,6 +145,13 @@ def test_referring_prompt_formats():
 def test_colour_last_moves_the_colour_word_to_the_end():
     assert S.colour_last("large blue star on the left") == "large star on the left in blue"
     assert S.colour_last("star at the bottom") == "star at the bottom"
+
+
+def test_full_name_completes_the_asked_words_with_colour_and_shape():
+    obj = type("Obj", (), {"colour": "red", "shape": "star"})()
+    assert S.full_name("small star", obj) == "small star in red"
+    assert S.full_name("blue shape on the left", obj) == "star on the left in blue"  # the asked colour is kept
+    assert S.full_name("leftmost large shape", obj) == "leftmost large star in red"
 
 
 def test_reasoning_answer_formats():

@@ -11,8 +11,9 @@ of the objects it matches, on every tracked frame. SAM 2 is redrawn (the init's 
 SAM 2's multimask output turned off in the saved ``sam2_config.yaml``: a shapes target is never ambiguous,
 and with three candidates SAM 2 learned to enumerate objects instead of reading the prompt) and trained
 on codes of shapes images (``--video-prob``: clips too, tracked with memory exactly as in ``train``;
-``--click-weight``: a click task sharing the features). Every other weight of ``--init`` is kept. The code
-book is saved beside the checkpoint (``codes.pt``, training only): ``train --codes`` then teaches
+``--click-weight``: a click task sharing the features). Every other weight of ``--init`` is kept. With
+``--book`` the code book of an earlier run is kept frozen, so a new SAM 2 can serve an LLM that already
+produces those codes. The code book is saved beside the checkpoint (``codes.pt``, training only): ``train --codes`` then teaches
 ``seg_head`` to produce the code of the words an answer names before each ``<|seg|>``.
 The printed held-out scores are the IoU of code prompts and of clicks on an object's middle pixel.
 """
@@ -166,8 +167,11 @@ def train_codes(args: argparse.Namespace) -> Path:
     model.sam2 = build_sam2(model.config.sam2_config, size, model.sam2_yaml)
     sam2 = model.sam2.train()
     sam2.multimask_output_in_sam = sam2.multimask_output_for_tracking = False
-    book = CodeBook(sam2.sam_prompt_encoder.embed_dim)
-    params = list(sam2.parameters()) + list(book.parameters())
+    if args.book:  # an LLM already speaks this code book: SAM 2 learns to read it, the book stays as it is
+        book = load_codebook(args.book).requires_grad_(False)
+    else:
+        book = CodeBook(sam2.sam_prompt_encoder.embed_dim)
+    params = list(sam2.parameters()) + [p for p in book.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     held_out = [code_scene(HELD_OUT_SEED, i, size, video_prob=0.0) for i in range(args.eval_scenes)]
     generator = torch.Generator().manual_seed(args.seed)
@@ -199,6 +203,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--init", required=True, help="checkpoint whose other weights are kept")
     parser.add_argument("--out", required=True, help="where the checkpoint and codes.pt are written")
+    parser.add_argument("--book", help="a code book to keep (codes.pt of an earlier run, frozen) instead of a new one")
     parser.add_argument("--steps", type=int, default=8000, help="scenes (one optimiser step each)")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (warm-up, cosine decay)")
     parser.add_argument("--video-prob", type=float, default=0.0, help="share of clips")

@@ -11,11 +11,12 @@ referring / reasoning segmentation (`<|seg|>`), region understanding from mask p
 §6.4), PixelQA (§6.5) and short multi-turn chats. Everything is deterministic from (seed, index).
 Two deliberate extensions of the released formats: a text query naming several objects gets one `<|seg|>`
 per object in mention order (the released model was trained on a union mask instead); and a segmentation
-answer names its target right before the `<|seg|>` it grounds, colour last and with no space between
-(`The star in blue<|seg|>.`; the reference's question form is `{answer} <|seg|>.`), so the state
-`seg_head` reads is the colour word itself: SAM 2 finds objects by colour far better than by shape, and
-the small LLM barely learned to carry a word even one position further. Replies show a space before each
-object tag anyway.
+answer names its target right before the `<|seg|>` it grounds, by the asked words completed with the
+target's own colour and shape, colour last and with no space between (`Please segment the small
+triangle.` -> `The small triangle in red<|seg|>.`; the reference's question form is `{answer} <|seg|>.`),
+so the state `seg_head` reads is the colour word itself and the words before it single the object out:
+SAM 2 finds objects by colour far better than by shape, and the small LLM barely learned to carry a
+word even one position further. Replies show a space before each object tag anyway.
 
 Public API: `generate_dataset`, `generate_heldout`, `sample_at`, `generate_ood_sample`,
 `generate_ood_dataset`, `make_scene`, `TASKS`, `pixelqa_two_step`, `mem_slots`, `mem_prefix`,
@@ -244,7 +245,7 @@ class Sample:
         codes, targets = [], iter(self.seg_targets)
         for turn in self.turns:
             for piece in turn.assistant.split("<|seg|>")[:-1]:
-                name = re.split(r"\[|\bthe\b", piece, flags=re.I)[-1]
+                name = re.split(r"\[|^\W*(?:and )?the ", piece.strip(), flags=re.I)[-1]  # `, the star at the top`
                 colour, shape, _ = parse_caption(name)
                 obj = self.objects[next(targets)[0]]
                 if colour is None and shape is None:
@@ -807,16 +808,29 @@ def colour_last(name: str) -> str:
     return " ".join([w for w in words if w not in COLOURS] + ["in", colours[0]]) if colours else name
 
 
+def full_name(expr: str, obj: ObjectInfo) -> str:
+    """The words of a referring expression completed with its object's colour and shape, the colour last:
+    `small triangle` -> `small triangle in red`, `blue shape on the left` -> `star on the left in blue`.
+
+    Answers name every target this way, so the words before each `<|seg|>` (its code, ``Sample.seg_codes``)
+    single out the object by colour and shape even when the question picked it by size, place or motion."""
+    words = [obj.shape if w == "shape" else w for w in expr.split()]
+    if not any(w in COLOURS for w in words):
+        words.insert(0, obj.colour)
+    return colour_last(" ".join(words))
+
+
 def named_seg(names: Sequence[str]) -> str:
-    """Answer grounding each named object, its colour last: `The star in blue<|seg|> and the circle in red<|seg|>.`"""
-    return _cap(_join([f"the {colour_last(name)}<|seg|>" for name in names])) + "."
+    """Answer grounding each named object: `The star in blue<|seg|> and the circle in red<|seg|>.`"""
+    return _cap(_join([f"the {name}<|seg|>" for name in names])) + "."
 
 
 def _seg_turn(rng: np.random.Generator, scene: Scene, i: int, expr: str) -> Turn:
+    answer = named_seg([full_name(expr, scene.objects[i])])
     if rng.random() < 0.15:
         templates = [t for t in DESCRIPTION_TEMPLATES if not scene.is_image or "video" not in t]
-        return Turn(_pick(rng, templates).format(f"The {expr}."), named_seg([expr]), [(i,)])
-    return Turn(_pick(rng, QUERY_TEMPLATES[scene.medium]).format(expr), named_seg([expr]), [(i,)])
+        return Turn(_pick(rng, templates).format(f"The {expr}."), answer, [(i,)])
+    return Turn(_pick(rng, QUERY_TEMPLATES[scene.medium]).format(expr), answer, [(i,)])
 
 
 def task_referring_seg(rng: np.random.Generator, scene: Scene) -> Sample | None:
@@ -831,7 +845,8 @@ def task_referring_seg(rng: np.random.Generator, scene: Scene) -> Sample | None:
         names = [_pick(rng, exprs[i]) for i in targets]
         text = _pick(rng, MULTI_QUERY_TEMPLATES).format(" and the ".join([", the ".join(names[:-1]), names[-1]]),
                                                         m=scene.medium)
-        return _sample("referring_seg", scene, [Turn(text, named_seg(names), [(i,) for i in targets])])
+        named = [full_name(name, scene.objects[i]) for name, i in zip(names, targets)]
+        return _sample("referring_seg", scene, [Turn(text, named_seg(named), [(i,) for i in targets])])
     i = _pick(rng, valid)
     return _sample("referring_seg", scene, [_seg_turn(rng, scene, i, _pick(rng, exprs[i]))])
 
@@ -845,13 +860,13 @@ def task_reasoning_seg(rng: np.random.Generator, scene: Scene) -> Sample | None:
     desc = scene.objects[f.target].description
     form = ("query", "sentence", "explanatory", "question")[rng.integers(4)]
     if form == "query":
-        turn = Turn(_pick(rng, QUERY_TEMPLATES[scene.medium]).format(f.phrase), named_seg([desc]))
+        turn = Turn(_pick(rng, QUERY_TEMPLATES[scene.medium]).format(f.phrase), named_seg([colour_last(desc)]))
     elif form == "sentence":
-        turn = Turn(_pick(rng, SENTENCE_TEMPLATES).format(f.question), named_seg([desc]))
+        turn = Turn(_pick(rng, SENTENCE_TEMPLATES).format(f.question), named_seg([colour_last(desc)]))
     elif form == "explanatory":
-        turn = Turn(_pick(rng, EXPLANATORY_TEMPLATES).format(f.question), f"{named_seg([desc])} {f.reason}")
+        turn = Turn(_pick(rng, EXPLANATORY_TEMPLATES).format(f.question), f"{named_seg([colour_last(desc)])} {f.reason}")
     else:
-        turn = Turn(_pick(rng, QUESTION_TEMPLATES).format(f.question), named_seg([desc]))
+        turn = Turn(_pick(rng, QUESTION_TEMPLATES).format(f.question), named_seg([colour_last(desc)]))
     turn.seg = [(f.target,)]
     return _sample("reasoning_seg", scene, [turn])
 
@@ -971,7 +986,7 @@ def _follow_up(rng: np.random.Generator, scene: Scene, i: int, ref: str, used: s
         return None
     j, expr = _pick(rng, others)
     return Turn(_pick(rng, [f"Now segment the {expr}.", f"Please also segment the {expr}.",
-                            QUERY_TEMPLATES[scene.medium][1].format(expr)]), named_seg([expr]), [(j,)])
+                            QUERY_TEMPLATES[scene.medium][1].format(expr)]), named_seg([full_name(expr, scene.objects[j])]), [(j,)])
 
 
 def task_multi_turn(rng: np.random.Generator, scene: Scene) -> Sample | None:
