@@ -289,6 +289,23 @@ def test_track_dense_gives_one_mask_per_decoded_frame(session, tmp_path) -> None
     assert obj.dense_masks.any(axis=(1, 2)).all()
 
 
+def test_in_sam2_batch_mode_refine_and_dense_tracking_treat_every_frame_on_its_own(tmp_path) -> None:
+    engine = load_engine(str(TINY))
+    engine.model.config.sam2_batch_mode = True  # the bundled shapes model's setting
+    session = ChatSession(engine)
+    media = session.open(write_video(tmp_path / "clip.mp4"), num_frames=4)
+    obj = session.ask(TRACK_QUESTION).objects[0]
+    assert len(obj.states) == 4  # one single-frame tracker state per sampled frame
+    before = obj.masks.copy()
+    ys, xs = np.nonzero(before[2])
+    refined = session.refine(obj.tag, [(float(xs.mean()), float(ys.mean()), 0)], frame=2)
+    assert not np.array_equal(refined.masks[2], before[2])
+    assert np.array_equal(refined.masks[[0, 1, 3]], before[[0, 1, 3]])  # no memory: the other frames stay
+    assert session.track_dense() == list(range(10))
+    sampled = [media.frame_indices.index(i) for i in (0, 3, 6, 9)]
+    assert np.array_equal(obj.dense_masks[[0, 3, 6, 9]], refined.masks[sampled])  # same frames, same masks
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     "question, prompts, message",

@@ -298,7 +298,8 @@ class ChatSession:
         """Correct object ``tag`` with positive (1) / negative (0) clicks on sampled frame ``frame``.
 
         The clicks add to earlier ones on that frame; SAM 2 corrects the frame on top of the object's memory
-        and re-propagates. The object keeps its tag and colour. Clicks are in original media pixels.
+        and re-propagates (in ``sam2_batch_mode``, where every frame is segmented on its own, only that frame
+        changes). The object keeps its tag and colour. Clicks are in original media pixels.
         """
         obj = self.objects.get(tag)
         if obj is None:
@@ -307,7 +308,7 @@ class ChatSession:
         limits.check_clicks(clicks, media.size, frame, media.num_frames)
         sam = self.engine.model.sam2
         if not obj.states:  # dropped by detach(): rebuild from the prompt and replay the corrections in order
-            obj.states = sam.track(self._sam_features(None, {}), media.size, obj.prompt[None].to(sam.device)).states[0]
+            obj.states = self._track(self._sam_features(None, {}), media.size, obj.prompt[None]).states[0]
             for earlier, earlier_clicks in obj.corrections:
                 sam.refine(obj.states, earlier, earlier_clicks)
         on_frame = [c for f, sent in obj.corrections[-1:] if f == frame for c in sent]
@@ -378,7 +379,7 @@ class ChatSession:
         per_pass = limits.DENSE_OBJECTS_PER_PASS
         for first in range(0, len(chosen), per_pass):  # objects tracked together, a bounded number at a time
             group = chosen[first:first + per_pass]
-            track = sam.track(features, media.size, torch.stack([obj.prompt for obj in group]).to(sam.device))
+            track = self._track(features, media.size, torch.stack([obj.prompt for obj in group]))
             for n, obj in enumerate(group):
                 logits = track.logits[n]
                 for frame, clicks in obj.corrections:  # refinements carry over to the dense track
@@ -392,6 +393,12 @@ class ChatSession:
         return indices
 
     # ------------------------------------------------------------------ helpers
+    def _track(self, features, size: tuple[int, int], prompts: torch.Tensor):
+        """SAM 2 tracking of ``prompts`` as the model's answers do it (memory, or every frame on its own in
+        ``sam2_batch_mode``), so refinement and dense tracking agree with the first masks."""
+        model = self.engine.model
+        return model.sam2.track(features, size, prompts.to(model.sam2.device), batch_mode=model.config.sam2_batch_mode)
+
     def _require_media(self) -> Media:
         if self.media is None:
             raise ValueError("open an image or a video first")
