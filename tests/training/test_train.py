@@ -160,3 +160,20 @@ def test_parts_taken_from_stage_checkpoints_are_recorded_with_their_stage(proces
     train(parse_args(["--out", str(tmp_path / "next"), "--init", str(tmp_path / "joined"), *common]))
     later = json.loads((tmp_path / "next" / "training_args.json").read_text())
     assert "donors" not in later and later["history"][-1]["donors"] == recipe["donors"]
+
+
+def test_sam2_batch_mode_is_saved_kept_and_refused_with_mask_losses(processor, tmp_path):
+    from unipixel.training.train import train
+
+    torch.manual_seed(0)
+    start = tmp_path / "start"
+    save(build_model(build_config(processor.tokenizer, TINY), TINY_SAM2_YAML), processor, start,
+         parse_args(["--out", str(start)]), TINY, step=1)
+    common = ["--steps", "1", "--warmup", "1", "--threads", "1", "--max-frames", "4"]
+    train(parse_args(["--out", str(tmp_path / "batch"), "--init", str(start), "--sam2-batch-mode", "--skip-masks",
+                      *common]))
+    assert load_model(tmp_path / "batch")[0].config.sam2_batch_mode
+    train(parse_args(["--out", str(tmp_path / "kept"), "--init", str(tmp_path / "batch"), "--skip-masks", *common]))
+    assert load_model(tmp_path / "kept")[0].config.sam2_batch_mode
+    with pytest.raises(ValueError, match="--skip-masks only"):
+        train(parse_args(["--out", str(tmp_path / "masks"), "--init", str(tmp_path / "batch"), *common]))

@@ -280,6 +280,10 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
         take_sam2(model, Path(args.sam2_from))
     if args.vision_from:
         take_vision(model, Path(args.vision_from))
+    model.config.sam2_batch_mode = model.config.sam2_batch_mode or args.sam2_batch_mode
+    if model.config.sam2_batch_mode and not args.skip_masks:
+        raise ValueError("a model in sam2_batch_mode trains with --skip-masks only: the training SAM 2 path tracks "
+                         "with memory, which that model does not use")
     donors = {flag: {"path": path, **stages(path)}
               for flag, path in (("sam2_from", args.sam2_from), ("vision_from", args.vision_from)) if path}
     book = load_codebook(args.codes).requires_grad_(False) if args.codes else None
@@ -427,6 +431,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                         "learns to produce the code of what each answer names")
     parser.add_argument("--skip-masks", action="store_true",
                         help="leave SAM 2 and its losses out (a phase that trains the LLM alone)")
+    parser.add_argument("--sam2-batch-mode", action="store_true",
+                        help="save the model in sam2_batch_mode: SAM 2 segments every frame on its own from the "
+                             "prompt, without memory (kept by later --init runs; needs --skip-masks)")
     parser.add_argument("--sam2-yaml", help="SAM 2 architecture of a fresh model (stock format; default: the package's "
                         f"{SAM2_YAML.name})")
     parser.add_argument("--untied-embed-std", type=float,
