@@ -393,7 +393,7 @@ class ChatSession:
         return indices
 
     # ------------------------------------------------------------------ helpers
-    def _track(self, features, size: tuple[int, int], prompts: torch.Tensor):
+    def _track(self, features: FrameFeatures, size: tuple[int, int], prompts: torch.Tensor) -> TrackResult:
         """SAM 2 tracking of ``prompts`` as the model's answers do it (memory, or every frame on its own in
         ``sam2_batch_mode``), so refinement and dense tracking agree with the first masks."""
         model = self.engine.model

@@ -13,8 +13,9 @@ and with three candidates SAM 2 learned to enumerate objects instead of reading 
 on codes of shapes images (``--video-prob``: clips too, tracked with memory exactly as in ``train``;
 ``--click-weight``: a click task sharing the features). Every other weight of ``--init`` is kept. With
 ``--book`` the code book of an earlier run is kept frozen, so a new SAM 2 can serve an LLM that already
-produces those codes. The code book is saved beside the checkpoint (``codes.pt``, training only): ``train --codes`` then teaches
-``seg_head`` to produce the code of the words an answer names before each ``<|seg|>``.
+produces those codes. The code book is saved beside the checkpoint (``codes.pt``, training only):
+``train --codes`` then teaches ``seg_head`` to produce the code of the words an answer names before each
+``<|seg|>``.
 The printed held-out scores are the IoU of code prompts and of clicks on an object's middle pixel.
 """
 from __future__ import annotations
