@@ -119,6 +119,15 @@ def test_dense_overlay_covers_every_decoded_frame_at_the_source_fps(capsys, tmp_
     assert video_info(out / "overlay.mp4") == (10, 10.0)
 
 
+def test_dense_with_an_answer_without_objects_writes_the_sampled_overlay(capsys, tmp_path) -> None:
+    code, stdout, stderr = infer(capsys, REPO / "examples" / "moving_shapes.mp4", "What is [0]?", "--point", "120,80,3",
+                                 "--dense", "--model", "bundled", "--out", tmp_path)
+    assert code == 0, stderr
+    data = reply(tmp_path)
+    assert data["objects"] == [] and "<|seg|>" not in data["raw_text"], stdout  # a caption: nothing to track
+    assert video_info(tmp_path / "overlay.mp4")[0] == len(data["media"]["frame_indices"])
+
+
 def test_a_directory_of_frames_is_a_video(capsys, tmp_path) -> None:
     code, _, _ = infer(capsys, TRACK_FRAMES, TRACK_QUESTION, "--model", TINY, "--out", tmp_path)
     assert code == 0

@@ -64,7 +64,8 @@ output folder (--out DIR):
                    the source frame number (the value in "frames")
   DIR/overlay.png  image: the masks drawn on it, with a legend
   DIR/overlay.mp4  video: the sampled frames at {SAMPLED_FPS:g} fps, or with --dense every decoded frame
-                   at the source frame rate (--dense has no effect on an image)
+                   at the source frame rate (--dense has no effect on an image, nor on an answer
+                   without objects)
 
 batch (--batch JOBS.jsonl):
   One JSON object per line (blank lines skipped) with the fields media, question (required), points
@@ -271,7 +272,7 @@ def write_outputs(out: Path, session: ChatSession, reply: Reply, dense: bool) ->
     labels = {obj.tag: f"[{obj.region}]" for obj in reply.objects if obj.region is not None}
     if media.is_image:
         overlay = save_overlay_png(out / "overlay.png", media.frames[0], {o.tag: o.masks[0] for o in reply.objects}, labels)
-    elif dense:
+    elif dense and reply.objects and all(o.dense_masks is not None for o in reply.objects):
         frames = session.dense_frames
         masks = {o.tag: o.dense_masks for o in reply.objects}
         overlay = save_overlay_video(out / "overlay.mp4", frames, masks, media.fps or SAMPLED_FPS, labels, legend=True)
