@@ -177,3 +177,14 @@ def test_sam2_batch_mode_is_saved_kept_and_refused_with_mask_losses(processor, t
     assert load_model(tmp_path / "kept")[0].config.sam2_batch_mode
     with pytest.raises(ValueError, match="--skip-masks only"):
         train(parse_args(["--out", str(tmp_path / "masks"), "--init", str(tmp_path / "batch"), *common]))
+
+
+def test_a_part_at_scale_zero_is_frozen_and_left_out(processor):
+    from unipixel.training.train import make_optimizer
+
+    model = build_model(build_config(processor.tokenizer, TINY), TINY_SAM2_YAML)
+    optimizer = make_optimizer(model, 1e-3, {"vision": 0.0})
+    kept = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    visual = list(model.model.visual.parameters())
+    assert visual and not any(p.requires_grad or id(p) in kept for p in visual)
+    assert all(p.requires_grad and id(p) in kept for n, p in model.named_parameters() if not n.startswith("model.visual."))

@@ -202,12 +202,16 @@ def seed_everything(seed: int) -> None:
 
 def make_optimizer(model: torch.nn.Module, lr: float, scales: dict[str, float] | None = None) -> torch.optim.AdamW:
     """AdamW; no weight decay on biases, norms, embeddings and SAM 2's learned tokens/encodings. ``scales``
-    sets the learning rate of a part (``"sam2"``, ``"vision"``) relative to the rest (each group's ``scale``)."""
+    sets the learning rate of a part (``"sam2"``, ``"vision"``) relative to the rest (each group's ``scale``);
+    a part at scale 0 is frozen instead (``requires_grad`` off: no backward pass through it, a step costs less)."""
     scales = scales or {}
     groups: dict[tuple[bool, str], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         decay = param.ndim >= 2 and "embed" not in name and "tokens" not in name
         part = "sam2" if ".sam2." in f".{name}" else "vision" if name.startswith("model.visual.") else "rest"
+        if scales.get(part, 1.0) == 0:
+            param.requires_grad_(False)
+            continue
         groups.setdefault((decay, part), []).append(param)
     return torch.optim.AdamW(
         [{"params": params, "weight_decay": 0.01 if decay else 0.0, "scale": scales.get(part, 1.0)}
@@ -410,7 +414,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=300, help="warm-up steps")
     parser.add_argument("--sam2-lr-scale", type=float, default=1.0, help="SAM 2's learning rate relative to --lr")
     parser.add_argument("--vision-lr-scale", type=float, default=1.0,
-                        help="the vision tower's learning rate relative to --lr")
+                        help="the vision tower's learning rate relative to --lr (0: frozen, a faster step)")
     parser.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
     parser.add_argument("--video-prob", type=float, default=0.3, help="share of video samples")
     parser.add_argument("--max-frames", type=int, default=8, help="frames of the longest training clip")
