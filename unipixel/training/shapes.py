@@ -857,16 +857,16 @@ def task_reasoning_seg(rng: np.random.Generator, scene: Scene) -> Sample | None:
     if not facts:
         return None
     f = _pick(rng, facts)
-    desc = scene.objects[f.target].description
+    answer = named_seg([colour_last(scene.objects[f.target].description)])
     form = ("query", "sentence", "explanatory", "question")[rng.integers(4)]
     if form == "query":
-        turn = Turn(_pick(rng, QUERY_TEMPLATES[scene.medium]).format(f.phrase), named_seg([colour_last(desc)]))
+        turn = Turn(_pick(rng, QUERY_TEMPLATES[scene.medium]).format(f.phrase), answer)
     elif form == "sentence":
-        turn = Turn(_pick(rng, SENTENCE_TEMPLATES).format(f.question), named_seg([colour_last(desc)]))
+        turn = Turn(_pick(rng, SENTENCE_TEMPLATES).format(f.question), answer)
     elif form == "explanatory":
-        turn = Turn(_pick(rng, EXPLANATORY_TEMPLATES).format(f.question), f"{named_seg([colour_last(desc)])} {f.reason}")
+        turn = Turn(_pick(rng, EXPLANATORY_TEMPLATES).format(f.question), f"{answer} {f.reason}")
     else:
-        turn = Turn(_pick(rng, QUESTION_TEMPLATES).format(f.question), named_seg([colour_last(desc)]))
+        turn = Turn(_pick(rng, QUESTION_TEMPLATES).format(f.question), answer)
     turn.seg = [(f.target,)]
     return _sample("reasoning_seg", scene, [turn])
 
@@ -985,8 +985,9 @@ def _follow_up(rng: np.random.Generator, scene: Scene, i: int, ref: str, used: s
     if not others:
         return None
     j, expr = _pick(rng, others)
-    return Turn(_pick(rng, [f"Now segment the {expr}.", f"Please also segment the {expr}.",
-                            QUERY_TEMPLATES[scene.medium][1].format(expr)]), named_seg([full_name(expr, scene.objects[j])]), [(j,)])
+    question = _pick(rng, [f"Now segment the {expr}.", f"Please also segment the {expr}.",
+                           QUERY_TEMPLATES[scene.medium][1].format(expr)])
+    return Turn(question, named_seg([full_name(expr, scene.objects[j])]), [(j,)])
 
 
 def task_multi_turn(rng: np.random.Generator, scene: Scene) -> Sample | None:
