@@ -189,7 +189,8 @@ def common_share(tokens: torch.Tensor) -> torch.Tensor:
     Trained from scratch, the vision tower otherwise drifts into a huge constant offset within a few
     hundred steps (the cheapest way for the LM to ignore still-useless image features); after the LLM's
     RMSNorm every visual token then looks the same and the image can never be used. Penalising this share
-    keeps the content visible.
+    keeps the content visible. (A tower taught colour and shape beforehand, ``vision.py``, keeps a large share
+    and is still read when frozen: the content it carries was learned, not left to drift.)
     """
     return tokens.mean(0).pow(2).sum() / tokens.pow(2).sum(-1).mean().clamp(min=1e-6)
 
