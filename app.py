@@ -635,8 +635,10 @@ def build() -> gr.Blocks:
                 out[question] = v.followups.pop(0)
             n = len(turn.reply.objects) if turn.reply is not None else 0
             problem = turn.error or dense_error
+            hint = ui.prompt_hint(sent, ENGINE.is_bundled)
             out[status] = (_status(f"⚠️ {html.escape(problem)}", "warn") if problem else
-                           _status(f"Turn {len(v.turns)}: {n} object{'s' * (n != 1)} · {turn.reply.timings.get('total', 0):.1f} s"))
+                           _status(f"Turn {len(v.turns)}: {n} object{'s' * (n != 1)} · {turn.reply.timings.get('total', 0):.1f} s"
+                                   + (f" · ⚠️ {hint}" if hint else "")))
             yield out
 
         @guarded

@@ -4,8 +4,9 @@
 
 The media are procedural coloured-shape scenes from :mod:`unipixel.training.shapes`, the only things the
 bundled demo model knows. Every entry of ``examples.json`` holds a media file, a ready-made question,
-visual prompts in the API/CLI conventions (original pixels, sampled-frame index) and optional follow-up
-questions, one entry per kind of question the model answers.
+visual prompts in the API/CLI conventions (original pixels, sampled-frame index), optional follow-up
+questions and, per turn, what a right answer holds (``expect``: words, and the colour of each object whose
+mask it must return, in order; ``tests/test_examples.py`` checks them), one entry per kind of question.
 """
 from __future__ import annotations
 
@@ -69,47 +70,56 @@ def main() -> None:
     (HERE / "thumbs").mkdir(exist_ok=True)
     poster(v.frames[0]).save(HERE / "thumbs" / "moving_shapes.png", optimize=True)
 
-    red_circle = a.masks[find(a, "red circle"), 0]
     blue_star = a.masks[find(a, "blue star"), 0]
     yellow_tri = a.masks[find(a, "yellow triangle"), 0]
     orange_tri_b = b.masks[find(b, "orange triangle"), 0]
     red_square_b = b.masks[find(b, "red square"), 0]
     blue_circle_b = b.masks[find(b, "blue circle"), 0]
     orange_tri_v = v.masks[find(v, "orange triangle")]
-    green_square_v = v.masks[find(v, "green square")]
 
     def rgb(sc, name: str) -> list[int]:
         return list(sc.objects[find(sc, name)].rgb)
 
+    def says(*words: str, objects: tuple[list[int], ...] = ()) -> dict:
+        """What a right answer holds: these words, and one mask per listed object colour, in order."""
+        return {"says": list(words), "objects": [{"colour": c} for c in objects]}
+
     examples = [
         {"id": "image_seg", "kind": "Image segmentation", "media": "shapes_grey.png",
          "question": "Please segment the red circle in this image.", "prompts": [],
-         "target": {"colour": rgb(a, "red circle"), "box": box_prompt(red_circle)}},
+         "expect": [says("red", "circle", objects=(rgb(a, "red circle"),))]},
         {"id": "video_seg", "kind": "Video segmentation", "media": "moving_shapes.mp4",
          "thumb": "thumbs/moving_shapes.png",
          "question": "Please segment the green square in this video.", "prompts": [],
-         "target": {"colour": rgb(v, "green square"), "box": box_prompt(green_square_v[0])}},
+         "expect": [says("green", "square", objects=(rgb(v, "green square"),))]},
         {"id": "point_caption", "kind": "Region caption (point)", "media": "shapes_grey.png",
-         "question": "What is [0]?", "prompts": [{"point": list(point_prompt(blue_star)), "frame": 0}]},
+         "question": "What is [0]?", "prompts": [{"point": list(point_prompt(blue_star)), "frame": 0}],
+         "expect": [says("blue", "star")]},
         {"id": "box_caption", "kind": "Region caption (box)", "media": "shapes_gradient.png",
          "question": "Give me a short description of [0].",
-         "prompts": [{"box": list(box_prompt(orange_tri_b)), "frame": 0}]},
+         "prompts": [{"box": list(box_prompt(orange_tri_b)), "frame": 0}],
+         "expect": [says("orange", "triangle")]},
         {"id": "scribble_caption", "kind": "Region caption (scribble)", "media": "shapes_gradient.png",
-         "question": "What is [0]?", "prompts": [{**scribble(red_square_b), "frame": 0}]},
+         "question": "What is [0]?", "prompts": [{**scribble(red_square_b), "frame": 0}],
+         "expect": [says("red", "square")]},
         {"id": "pixelqa", "kind": "PixelQA", "media": "shapes_grey.png",
          "question": "What colour is [0]? Please answer the question and localize the relevant objects with IDs.",
-         "prompts": [{"point": list(point_prompt(yellow_tri)), "frame": 0}]},
+         "prompts": [{"point": list(point_prompt(yellow_tri)), "frame": 0}],
+         "expect": [says("yellow", objects=(rgb(a, "yellow triangle"),))]},
         {"id": "video_pixelqa", "kind": "Video PixelQA", "media": "moving_shapes.mp4",
          "thumb": "thumbs/moving_shapes.png",
          "question": "Which way does [0] move? Please segment it.",
-         "prompts": [{"point": list(point_prompt(orange_tri_v[0])), "frame": 0}]},
+         "prompts": [{"point": list(point_prompt(orange_tri_v[0])), "frame": 0}],
+         "expect": [says("left", objects=(rgb(v, "orange triangle"),))]},
         {"id": "id_seg", "kind": "Segment prompted objects", "media": "shapes_gradient.png",
          "question": "Please segment [0] and [1].",
          "prompts": [{"point": list(point_prompt(blue_circle_b)), "frame": 0},
-                     {"box": list(box_prompt(red_square_b)), "frame": 0}]},
+                     {"box": list(box_prompt(red_square_b)), "frame": 0}],
+         "expect": [says(objects=(rgb(b, "blue circle"), rgb(b, "red square")))]},
         {"id": "multi_turn", "kind": "Multi-turn chat", "media": "shapes_grey.png",
          "question": "Please segment the blue star in this image.", "prompts": [],
-         "followups": ["What colour is it?", "How many shapes are there in the image?"]},
+         "followups": ["What colour is it?", "What shape is it?"],
+         "expect": [says("blue", "star", objects=(rgb(a, "blue star"),)), says("blue"), says("star")]},
     ]
     for ex in examples:
         ex["title"] = f"{ex['kind']}: {ex['question']}"

@@ -53,3 +53,14 @@ def test_image_answer_arrives_in_one_update(live):
     visitor.upload(EXAMPLES / "shapes_grey.png")
     updates = _updates(visitor, "Please segment the red circle in this image.")
     assert len(updates) == 1 and "Turn 1" in str(updates[0]["status"])
+
+
+def test_point_question_on_the_bundled_model_says_points_are_not_read(live):
+    """The bundled model's reply to a point prompt must not pass for a reading of it (ui.prompt_hint)."""
+    visitor = UIVisitor(live)
+    visitor.upload(EXAMPLES / "shapes_grey.png")
+    visitor.ask("What is in this image?")
+    assert "Turn 1" in visitor.status and "points or boxes" not in visitor.status
+    visitor.sketch({"type": "sketch", "pts": [[0.2, 0.5]], "drag": 0})
+    visitor.ask("What is [0]?")
+    assert "Turn 2" in visitor.status and "does not read points or boxes" in visitor.status

@@ -355,3 +355,11 @@ def test_examples_are_small_and_valid():
         limits.check_prompts(prompts, 0, media.size, media.num_frames)
         limits.clean_question(ex["question"])
         assert (REPO / "examples" / ex.get("thumb", ex["media"])).exists()
+
+
+def test_prompt_hint_only_for_points_and_boxes_on_the_bundled_model():
+    point, box = {"kind": "point", "frame": 0, "xy": (1, 2)}, {"kind": "box", "frame": 0, "xyxy": (1, 2, 3, 4)}
+    scribble = {"kind": "mask", "frame": 0, "mask": None}
+    assert ui.prompt_hint([point], True) == ui.prompt_hint([scribble, box], True) == ui.BUNDLED_POINTS_HINT
+    assert ui.prompt_hint([scribble], True) == ui.prompt_hint([], True) == ""
+    assert ui.prompt_hint([point, box], False) == ""

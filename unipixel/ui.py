@@ -349,6 +349,15 @@ def object_list_html(objects: Sequence, visible: Iterable[str], highlight: str |
     return f'<div class="obj-list">{"".join(rows)}</div>'
 
 
+BUNDLED_POINTS_HINT = "the bundled demo model does not read points or boxes (its answer is the same for any): scribble instead"
+
+
+def prompt_hint(prompts: Sequence[UIPrompt], bundled: bool) -> str:
+    """What a visitor should know about a turn's prompts on this model ("" when nothing): the bundled model
+    ignores point and box prompts (its model card), so a reply to one must not pass for a reading of it."""
+    return BUNDLED_POINTS_HINT if bundled and any(p["kind"] in ("point", "box") for p in prompts) else ""
+
+
 def model_badge_html(name: str, notice: str, bundled: bool) -> str:
     label = "bundled demo model — knows only coloured shapes" if bundled else html.escape(name)
     extra = "" if not notice or notice.startswith("bundled demo model") and "unavailable" not in notice else notice

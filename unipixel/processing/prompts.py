@@ -152,7 +152,7 @@ def refer_mask(
             slot = prompt.frame // TEMPORAL_PATCH
             paired[slot] = paired[slot] | mask if slot in paired else mask
         for slot, mask in paired.items():
-            resized = tvF.resize(torch.from_numpy(mask).float()[None, None], llm_size, antialias=True)
+            resized = tvF.resize(torch.tensor(mask, dtype=torch.float32)[None, None], llm_size, antialias=True)
             out[slot, o] = F.max_pool2d(resized, FACTOR, FACTOR)[0, 0] > 0
         slots.append([slot for slot in range(grid_t) if out[slot, o].any()])
         if not slots[-1]:
