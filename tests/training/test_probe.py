@@ -10,7 +10,7 @@ import torch
 
 from unipixel.loading import load_model
 from unipixel.training import shapes
-from unipixel.training.probe import collect, difficulty, linear_probe, report
+from unipixel.training.probe import Collected, collect, collect_layers, difficulty, linear_probe, report
 
 MODEL = Path(__file__).resolve().parents[2] / "assets" / "unipixel-shapes"
 
@@ -52,3 +52,17 @@ def test_bundled_visual_tokens_carry_colour():
     assert results["visual token -> colour"] > 0.9  # the model card's claim (0.99 at n=300)
     assert len(collected.zero_prompt_agreement) >= len(collected.seg) > 0
     assert all(0.0 <= value <= 1.0 for value in results.values())
+
+
+@pytest.mark.skipif(not (MODEL / "model.safetensors").exists(), reason="bundled model not found")
+def test_bundled_llm_works_out_where_visual_tokens_are():
+    """The tower's tokens carry no position on a flat background; the LLM's layers add it (the card's "Why")."""
+    model, processor = load_model(MODEL)
+    collected = Collected()
+    collect_layers(model, processor, n=32, out=collected)
+    lines: list[str] = []
+    results = report(collected, log=lines.append)
+    layers = len(model.model.language_model.layers)
+    assert sum(line.startswith("LLM layer") for line in lines) == layers + 1
+    assert len(collected.layer_ref_labels) == 32 and collected.layer_visual_labels[0].shape == (12, 2)
+    assert results[f"LLM layer {layers}: row third"] > results["LLM layer 0: row third"] + 0.15

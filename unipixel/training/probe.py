@@ -15,6 +15,12 @@ majority-class baseline:
 * how much the masks depend on the prompt at all: their IoU with the masks SAM 2 makes from an all-zero
   prompt instead of ``seg_head``'s (1.0: the LLM's prompt is ignored).
 
+And on held-out point-caption requests (``ref_caption`` on images), after each LLM layer (0: its input):
+
+* visual tokens: which third of the frame, left to right and top to bottom, each lies in (the vision
+  tower is translation-equivariant, so on a flat background only the LLM can work out where a token is);
+* the ``<|ref|>`` token: the colour of the object under the point (what a caption needs from it).
+
 Probes are multinomial logistic regressions on standardised features, trained on the first three
 quarters of the samples and scored on the rest.
 """
@@ -74,6 +80,10 @@ class Collected:
     seg_labels: list[list[int]] = field(default_factory=list)  # colour, shape, right half
     ious: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     zero_prompt_agreement: list[float] = field(default_factory=list)
+    layer_visual: dict[int, list[torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
+    layer_visual_labels: list[torch.Tensor] = field(default_factory=list)  # (tokens, 2): column third, row third
+    layer_ref: dict[int, list[torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
+    layer_ref_labels: list[int] = field(default_factory=list)  # colour of the object under the point
 
 
 def difficulty(sample: shapes.Sample, target: int) -> str:
@@ -126,18 +136,56 @@ def collect(model, processor, n: int, seed: int = shapes.HELDOUT_SEED) -> Collec
     return out
 
 
+@torch.no_grad()
+def collect_layers(model, processor, n: int, out: Collected, seed: int = shapes.HELDOUT_SEED,
+                   tokens_per_sample: int = 12) -> None:
+    """Run ``n`` point-caption prompts on images and keep per-layer states of visual and ``<|ref|>`` tokens."""
+    layers = model.model.language_model.layers
+    states: dict[int, torch.Tensor] = {}
+
+    def keep(index: int):
+        def hook(module, args, kwargs):
+            states[index] = (args[0] if args else kwargs["hidden_states"])[0]
+        return hook
+
+    hooks = [layer.register_forward_pre_hook(keep(k), with_kwargs=True) for k, layer in enumerate(layers)]
+    hooks.append(model.model.language_model.norm.register_forward_pre_hook(keep(len(layers)), with_kwargs=True))
+    generator = torch.Generator().manual_seed(0)
+    try:
+        for index in range(n):
+            sample = shapes.sample_at(seed, index, task="ref_caption", video=False)
+            example = encode(processor, sample, model.config.sam2_image_size, prompt_only=True)
+            model(**example.inputs, frames=example.frames, frame_size=example.frame_size)
+            ids = example.inputs["input_ids"][0]
+            _, rows, cols = (int(v) // model.config.vision_config.spatial_merge_size if i else int(v)
+                             for i, v in enumerate(example.inputs["video_grid_thw"][0]))
+            visual = (ids == model.config.video_token_id).nonzero()[:, 0]
+            chosen = torch.randperm(len(visual), generator=generator)[:tokens_per_sample]
+            ref = int((ids == model.config.ref_token_id).nonzero()[0, 0])
+            for k, hidden in states.items():
+                out.layer_visual[k].append(hidden[visual[chosen]].float())
+                out.layer_ref[k].append(hidden[ref].float())
+            out.layer_visual_labels.append(torch.stack([3 * (chosen % cols) // cols, 3 * (chosen // cols) // rows], 1))
+            obj = sample.objects[sample.ref_prompts[0].obj]
+            out.layer_ref_labels.append(shapes.COLOURS_L.index(obj.colour))
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def report(collected: Collected, log: Callable[[str], None] = print) -> dict[str, float]:
     """Fit the probes, print one line each, return ``{name: accuracy or mIoU}``."""
     results: dict[str, float] = {}
-    visual, visual_labels = torch.cat(collected.visual), torch.cat(collected.visual_labels)
-    seg, seg_labels = torch.stack(collected.seg), torch.tensor(collected.seg_labels)
-    probes = {
-        "visual token -> colour": (visual, visual_labels[:, 0]),
-        "visual token -> shape": (visual, visual_labels[:, 1]),
-        "<|seg|> state -> target colour": (seg, seg_labels[:, 0]),
-        "<|seg|> state -> target shape": (seg, seg_labels[:, 1]),
-        "<|seg|> state -> target half": (seg, seg_labels[:, 2]),
-    }
+    probes = {}
+    if collected.visual:
+        visual, visual_labels = torch.cat(collected.visual), torch.cat(collected.visual_labels)
+        probes.update({"visual token -> colour": (visual, visual_labels[:, 0]),
+                       "visual token -> shape": (visual, visual_labels[:, 1])})
+    if collected.seg:
+        seg, seg_labels = torch.stack(collected.seg), torch.tensor(collected.seg_labels)
+        probes.update({"<|seg|> state -> target colour": (seg, seg_labels[:, 0]),
+                       "<|seg|> state -> target shape": (seg, seg_labels[:, 1]),
+                       "<|seg|> state -> target half": (seg, seg_labels[:, 2])})
     for name, (features, labels) in probes.items():
         probe = linear_probe(features, labels)
         results[name] = probe.accuracy
@@ -147,6 +195,18 @@ def report(collected: Collected, log: Callable[[str], None] = print) -> dict[str
         if scores:
             results[f"mIoU {name}"] = float(np.mean(scores))
             log(f"{'mIoU, target: ' + name:34s} {np.mean(scores):.3f}   ({len(scores)} targets)")
+    if collected.layer_visual:
+        where, colours = torch.cat(collected.layer_visual_labels), torch.tensor(collected.layer_ref_labels)
+        for k in sorted(collected.layer_visual):
+            visual, ref = torch.cat(collected.layer_visual[k]), torch.stack(collected.layer_ref[k])
+            probes = {"column third": (visual, where[:, 0]), "row third": (visual, where[:, 1]),
+                      "<|ref|> -> colour under the point": (ref, colours)}
+            cells = []
+            for name, (features, labels) in probes.items():
+                probe = linear_probe(features, labels)
+                results[f"LLM layer {k}: {name}"] = probe.accuracy
+                cells.append(f"{name} {probe.accuracy:.3f} (majority {probe.majority:.3f})")
+            log(f"LLM layer {k}, visual token: {cells[0]}, {cells[1]}; {cells[2]}")
     if collected.zero_prompt_agreement:
         results["zero-prompt agreement"] = float(np.mean(collected.zero_prompt_agreement))
         log(f"{'mIoU with an all-zero prompt':34s} {results['zero-prompt agreement']:.3f}   (1.0: the prompt is ignored)")
@@ -157,12 +217,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint directory")
     parser.add_argument("--n", type=int, default=300, help="referring requests (images)")
+    parser.add_argument("--ref-n", type=int, default=300, help="point-caption requests (images) for the per-layer probes")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, processor = load_model(args.model)
-    report(collect(model, processor, args.n))
+    collected = collect(model, processor, args.n)
+    collect_layers(model, processor, args.ref_n, collected)
+    report(collected)
 
 
 if __name__ == "__main__":
