@@ -65,4 +65,5 @@ def test_bundled_llm_works_out_where_visual_tokens_are():
     layers = len(model.model.language_model.layers)
     assert sum(line.startswith("LLM layer") for line in lines) == layers + 1
     assert len(collected.layer_ref_labels) == 32 and collected.layer_visual_labels[0].shape == (12, 2)
+    assert f"LLM layer {layers}: token before it -> same" in results
     assert results[f"LLM layer {layers}: row third"] > results["LLM layer 0: row third"] + 0.15

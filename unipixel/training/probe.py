@@ -19,7 +19,8 @@ And on held-out point-caption requests (``ref_caption`` on images), after each L
 
 * visual tokens: which third of the frame, left to right and top to bottom, each lies in (the vision
   tower is translation-equivariant, so on a flat background only the LLM can work out where a token is);
-* the ``<|ref|>`` token: the colour of the object under the point (what a caption needs from it).
+* the ``<|ref|>`` token: the colour of the object under the point (what a caption needs from it), next to
+  the token before it, which has seen the image but not the point (the control: what the image alone gives).
 
 Probes are multinomial logistic regressions on standardised features, trained on the first three
 quarters of the samples and scored on the rest.
@@ -83,6 +84,7 @@ class Collected:
     layer_visual: dict[int, list[torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
     layer_visual_labels: list[torch.Tensor] = field(default_factory=list)  # (tokens, 2): column third, row third
     layer_ref: dict[int, list[torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
+    layer_before_ref: dict[int, list[torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
     layer_ref_labels: list[int] = field(default_factory=list)  # colour of the object under the point
 
 
@@ -165,6 +167,7 @@ def collect_layers(model, processor, n: int, out: Collected, seed: int = shapes.
             for k, hidden in states.items():
                 out.layer_visual[k].append(hidden[visual[chosen]].float())
                 out.layer_ref[k].append(hidden[ref].float())
+                out.layer_before_ref[k].append(hidden[ref - 1].float())
             out.layer_visual_labels.append(torch.stack([3 * (chosen % cols) // cols, 3 * (chosen // cols) // rows], 1))
             obj = sample.objects[sample.ref_prompts[0].obj]
             out.layer_ref_labels.append(shapes.COLOURS_L.index(obj.colour))
@@ -199,14 +202,16 @@ def report(collected: Collected, log: Callable[[str], None] = print) -> dict[str
         where, colours = torch.cat(collected.layer_visual_labels), torch.tensor(collected.layer_ref_labels)
         for k in sorted(collected.layer_visual):
             visual, ref = torch.cat(collected.layer_visual[k]), torch.stack(collected.layer_ref[k])
+            before = torch.stack(collected.layer_before_ref[k])
             probes = {"column third": (visual, where[:, 0]), "row third": (visual, where[:, 1]),
-                      "<|ref|> -> colour under the point": (ref, colours)}
+                      "<|ref|> -> colour under the point": (ref, colours),
+                      "token before it -> same": (before, colours)}
             cells = []
             for name, (features, labels) in probes.items():
                 probe = linear_probe(features, labels)
                 results[f"LLM layer {k}: {name}"] = probe.accuracy
                 cells.append(f"{name} {probe.accuracy:.3f} (majority {probe.majority:.3f})")
-            log(f"LLM layer {k}, visual token: {cells[0]}, {cells[1]}; {cells[2]}")
+            log(f"LLM layer {k}, visual token: {cells[0]}, {cells[1]}; {cells[2]}; {cells[3]}")
     if collected.zero_prompt_agreement:
         results["zero-prompt agreement"] = float(np.mean(collected.zero_prompt_agreement))
         log(f"{'mIoU with an all-zero prompt':34s} {results['zero-prompt agreement']:.3f}   (1.0: the prompt is ignored)")
