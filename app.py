@@ -624,10 +624,13 @@ def build() -> gr.Blocks:
             v.pending = [p for p in v.pending if not any(p is s for s in sent)]
             v.turns.append(turn)
             v.visible, v.highlight = None, None
-            if v.is_video and v.objects:  # the answer now; the overlay video (seconds for long clips) follows
+            streamed = v.is_video and bool(v.objects)
+            if streamed:  # the answer now; the overlay video (seconds for long clips) follows
                 yield {**view(v, fr, tl, rtag, result=True, video=False), status: _status("Encoding the overlay video…")}
             progress(0.92, desc="Encoding results")
             out = view(v, fr, tl, rtag, result=True, files=True)
+            if streamed:  # already sent, unchanged: gradio would rewrite its cached file while the page reads it
+                out.pop(result_img, None)
             previous = [{"question": t.question, "prompts": ui.prompts_to_json(t.prompts)}
                         for t in v.turns[:-1] if t.reply is not None]
             out[code] = ui.copy_as_code(_root_url(request), v.media_name, q, ui.prompts_to_json(pending), settings, previous)

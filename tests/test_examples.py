@@ -12,6 +12,7 @@ import pytest
 from unipixel import ui
 from unipixel.engine import BUNDLED_MODEL, load_engine
 from unipixel.session import ChatSession, Reply
+from unipixel.training.evaluate import iou
 from unipixel.training.shapes import COLOURS, point_prompt
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -36,10 +37,6 @@ def colour_mask(frame: np.ndarray, colour: list[int]) -> np.ndarray:
     return (np.abs(frame.astype(int) - np.array(colour)).max(-1) <= COLOUR_TOLERANCE)
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
-
-
 def check(reply: Reply, expect: dict, frames: np.ndarray) -> list[str]:
     """What ``reply`` misses of ``expect``, as readable problems (empty: the answer is right)."""
     problems = [f"does not say {word!r}" for word in expect["says"]
@@ -47,7 +44,7 @@ def check(reply: Reply, expect: dict, frames: np.ndarray) -> list[str]:
     if len(reply.objects) != len(expect["objects"]):
         return problems + [f"{len(reply.objects)} masks for {len(expect['objects'])} objects"]
     for obj, want in zip(reply.objects, expect["objects"]):
-        score = iou(obj.masks[0] > 0, colour_mask(frames[0], want["colour"]))
+        score = iou(obj.masks[:1] > 0, colour_mask(frames[0], want["colour"])[None])
         if score < MIN_IOU:
             problems.append(f"{obj.tag}: IoU {score:.2f} with the {want['colour']} object")
     return problems
