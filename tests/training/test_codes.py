@@ -99,7 +99,7 @@ def test_the_code_term_trains_seg_head_towards_the_named_code(tmp_path):
         optimizer.zero_grad()
         terms["code"].backward()
         optimizer.step()
-        losses.append(float(terms["code"]))
+        losses.append(terms["code"].item())
     assert losses[-1] < 0.5 * losses[0], losses
 
 
