@@ -159,8 +159,9 @@ def collect_layers(model, processor, n: int, out: Collected, seed: int = shapes.
             example = encode(processor, sample, model.config.sam2_image_size, prompt_only=True)
             model(**example.inputs, frames=example.frames, frame_size=example.frame_size)
             ids = example.inputs["input_ids"][0]
-            _, rows, cols = (int(v) // model.config.vision_config.spatial_merge_size if i else int(v)
-                             for i, v in enumerate(example.inputs["video_grid_thw"][0]))
+            merge = model.config.vision_config.spatial_merge_size
+            _, height, width = example.inputs["video_grid_thw"][0].tolist()
+            rows, cols = height // merge, width // merge  # the merged tokens the LLM sees, in raster order
             visual = (ids == model.config.video_token_id).nonzero()[:, 0]
             chosen = torch.randperm(len(visual), generator=generator)[:tokens_per_sample]
             ref = int((ids == model.config.ref_token_id).nonzero()[0, 0])
