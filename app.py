@@ -324,7 +324,8 @@ def build() -> gr.Blocks:
                 set_tokens = gr.Slider(16, limits.MAX_NEW_TOKENS, value=ui.DEFAULT_SETTINGS["max_new_tokens"], step=16,
                                        label="Max new tokens", elem_id="set_tokens")
         gr.Markdown("### Examples — click one to load its media and a ready-made question", elem_id="examples_title")
-        examples = gr.Gallery([(str(EXAMPLES_DIR / ex.get("thumb", ex["media"])), ex["kind"]) for ex in EXAMPLES],
+        examples = gr.Gallery([(str(EXAMPLES_DIR / ex.get("thumb", ex["media"])), ui.example_label(ex, ENGINE.is_bundled))
+                               for ex in EXAMPLES],
                               columns=9, height=170, allow_preview=False, show_label=False, elem_id="examples",
                               object_fit="cover", buttons=[])
         sink = gr.Textbox(visible="hidden", elem_id="ui_sink")
@@ -437,7 +438,8 @@ def build() -> gr.Blocks:
             v.followups = list(ex.get("followups", []))
             return {**view(v, 0, ui.TOOL_CLICK, None, media=True, result=True, files=True), question: ex["question"],
                     tool: ui.TOOL_CLICK, upload: None, refine_box: gr.update(visible=False), code: "# ask something first",
-                    status: _status(f"Example loaded: <b>{ex['kind']}</b>. Press <b>Send</b>.")}
+                    status: _status(f"Example loaded: <b>{ex['kind']}</b>. Press <b>Send</b>."
+                                    + (f" ⚠️ {ui.BUNDLED_POINTS_HINT}." if ENGINE.is_bundled and ex.get("real_model_only") else ""))}
 
         @guarded
         def on_resample(frames, start, end, fr, v, request: gr.Request):

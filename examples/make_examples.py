@@ -7,6 +7,7 @@ bundled demo model knows. Every entry of ``examples.json`` holds a media file, a
 visual prompts in the API/CLI conventions (original pixels, sampled-frame index), optional follow-up
 questions and, per turn, what a right answer holds (``expect``: words, and the colour of each object whose
 mask it must return, in order; ``tests/test_examples.py`` checks them), one entry per kind of question.
+``real_model_only`` marks the examples the bundled demo model cannot answer (they need a point or box read).
 """
 from __future__ import annotations
 
@@ -102,16 +103,16 @@ def main() -> None:
         {"id": "scribble_caption", "kind": "Region caption (scribble)", "media": "shapes_gradient.png",
          "question": "What is [0]?", "prompts": [{**scribble(red_square_b), "frame": 0}],
          "expect": [says("red", "square")]},
-        {"id": "pixelqa", "kind": "PixelQA", "media": "shapes_grey.png",
+        {"id": "pixelqa", "real_model_only": True, "kind": "PixelQA", "media": "shapes_grey.png",
          "question": "What colour is [0]? Please answer the question and localize the relevant objects with IDs.",
          "prompts": [{"point": list(point_prompt(yellow_tri)), "frame": 0}],
          "expect": [says("yellow", objects=(rgb(a, "yellow triangle"),))]},
-        {"id": "video_pixelqa", "kind": "Video PixelQA", "media": "moving_shapes.mp4",
+        {"id": "video_pixelqa", "real_model_only": True, "kind": "Video PixelQA", "media": "moving_shapes.mp4",
          "thumb": "thumbs/moving_shapes.png",
          "question": "Which way does [0] move? Please segment it.",
          "prompts": [{"point": list(point_prompt(orange_tri_v[0])), "frame": 0}],
          "expect": [says("left", objects=(rgb(v, "orange triangle"),))]},
-        {"id": "id_seg", "kind": "Segment prompted objects", "media": "shapes_gradient.png",
+        {"id": "id_seg", "real_model_only": True, "kind": "Segment prompted objects", "media": "shapes_gradient.png",
          "question": "Please segment [0] and [1].",
          "prompts": [{"point": list(point_prompt(blue_circle_b)), "frame": 0},
                      {"box": list(box_prompt(red_square_b)), "frame": 0}],

@@ -342,6 +342,9 @@ def test_app_builds_with_one_documented_endpoint(monkeypatch):
     assert "bundled demo model — knows only coloured shapes" in badge.value
     chat = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "chat")
     assert "bundled demo model" in chat.label
+    gallery = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "examples")
+    captions = {ex["id"]: item["caption"] for ex, item in zip(app.EXAMPLES, gallery.value)}
+    assert {i for i, c in captions.items() if c.endswith(" · real model")} == {"pixelqa", "video_pixelqa", "id_seg"}
     assert len(app.EXAMPLES) >= 8 and {ex["id"] for ex in app.EXAMPLES} >= {
         "image_seg", "video_seg", "point_caption", "box_caption", "scribble_caption", "pixelqa", "multi_turn"}
 
@@ -363,3 +366,10 @@ def test_prompt_hint_only_for_points_and_boxes_on_the_bundled_model():
     assert ui.prompt_hint([point], True) == ui.prompt_hint([scribble, box], True) == ui.BUNDLED_POINTS_HINT
     assert ui.prompt_hint([scribble], True) == ui.prompt_hint([], True) == ""
     assert ui.prompt_hint([point, box], False) == ""
+
+
+def test_example_label_flags_what_only_the_real_model_answers():
+    example = {"kind": "PixelQA", "real_model_only": True}
+    assert ui.example_label(example, bundled=True) == "PixelQA · real model"
+    assert ui.example_label(example, bundled=False) == "PixelQA"
+    assert ui.example_label({"kind": "Image segmentation"}, bundled=True) == "Image segmentation"

@@ -20,9 +20,9 @@ GALLERY = json.loads((EXAMPLES / "examples.json").read_text())["examples"]
 COLOUR_TOLERANCE = 60  # per-channel distance that still counts as the object's colour (H.264 shifts colours)
 MIN_IOU = 0.5
 
-# The bundled model ignores point and box prompts (its model card, "Why"): these examples need one read.
+# The bundled model ignores point and box prompts (its model card, "Why"): the examples that need one read are
+# marked ``real_model_only`` (the app says so in the gallery) and expected to fail here.
 POINTS_IGNORED = "issue 4: the bundled model does not read point/box prompts (`<|ref|>`), its answer is the same for any"
-KNOWN_WRONG = {"pixelqa": POINTS_IGNORED, "video_pixelqa": POINTS_IGNORED, "id_seg": POINTS_IGNORED}
 
 pytestmark = pytest.mark.skipif(not (BUNDLED_MODEL / "model.safetensors").exists(), reason="bundled model not found")
 
@@ -52,8 +52,8 @@ def check(reply: Reply, expect: dict, frames: np.ndarray) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("example", [
-    pytest.param(ex, id=ex["id"], marks=pytest.mark.xfail(strict=True, reason=KNOWN_WRONG[ex["id"]]))
-    if ex["id"] in KNOWN_WRONG else pytest.param(ex, id=ex["id"]) for ex in GALLERY])
+    pytest.param(ex, id=ex["id"], marks=pytest.mark.xfail(strict=True, reason=POINTS_IGNORED))
+    if ex.get("real_model_only") else pytest.param(ex, id=ex["id"]) for ex in GALLERY])
 def test_example_gets_its_answer(engine, example):
     session = ChatSession(engine)
     media = session.open(EXAMPLES / example["media"])

@@ -358,6 +358,11 @@ def prompt_hint(prompts: Sequence[UIPrompt], bundled: bool) -> str:
     return BUNDLED_POINTS_HINT if bundled and any(p["kind"] in ("point", "box") for p in prompts) else ""
 
 
+def example_label(example: Mapping[str, Any], bundled: bool) -> str:
+    """An example's gallery caption; on the bundled model, those it cannot answer say they need the real one."""
+    return example["kind"] + (" · real model" if bundled and example.get("real_model_only") else "")
+
+
 def model_badge_html(name: str, notice: str, bundled: bool) -> str:
     label = "bundled demo model — knows only coloured shapes" if bundled else html.escape(name)
     extra = "" if not notice or notice.startswith("bundled demo model") and "unavailable" not in notice else notice
