@@ -439,7 +439,7 @@ def build() -> gr.Blocks:
             return {**view(v, 0, ui.TOOL_CLICK, None, media=True, result=True, files=True), question: ex["question"],
                     tool: ui.TOOL_CLICK, upload: None, refine_box: gr.update(visible=False), code: "# ask something first",
                     status: _status(f"Example loaded: <b>{ex['kind']}</b>. Press <b>Send</b>."
-                                    + (f" ⚠️ {ui.BUNDLED_POINTS_HINT}." if ENGINE.is_bundled and ex.get("real_model_only") else ""))}
+                                    + (f" ⚠️ {ui.BUNDLED_POINTS_HINT}." if ui.beyond_model(ex, ENGINE.is_bundled) else ""))}
 
         @guarded
         def on_resample(frames, start, end, fr, v, request: gr.Request):

@@ -358,9 +358,14 @@ def prompt_hint(prompts: Sequence[UIPrompt], bundled: bool) -> str:
     return BUNDLED_POINTS_HINT if bundled and any(p["kind"] in ("point", "box") for p in prompts) else ""
 
 
+def beyond_model(example: Mapping[str, Any], bundled: bool) -> bool:
+    """Whether the running model cannot answer this gallery example (the bundled one reads no point or box)."""
+    return bundled and bool(example.get("real_model_only"))
+
+
 def example_label(example: Mapping[str, Any], bundled: bool) -> str:
     """An example's gallery caption; on the bundled model, those it cannot answer say they need the real one."""
-    return example["kind"] + (" · real model" if bundled and example.get("real_model_only") else "")
+    return example["kind"] + (" · real model" if beyond_model(example, bundled) else "")
 
 
 def model_badge_html(name: str, notice: str, bundled: bool) -> str:
