@@ -324,7 +324,7 @@ def build() -> gr.Blocks:
                 set_tokens = gr.Slider(16, limits.MAX_NEW_TOKENS, value=ui.DEFAULT_SETTINGS["max_new_tokens"], step=16,
                                        label="Max new tokens", elem_id="set_tokens")
         gr.Markdown("### Examples — click one to load its media and a ready-made question", elem_id="examples_title")
-        examples = gr.Gallery([(str(EXAMPLES_DIR / ex.get("thumb", ex["media"])), ui.example_label(ex, ENGINE.is_bundled))
+        examples = gr.Gallery([(str(EXAMPLES_DIR / ex.get("thumb", ex["media"])), ui.example_label(ex, engine.is_bundled))
                                for ex in EXAMPLES],
                               columns=9, height=170, allow_preview=False, show_label=False, elem_id="examples",
                               object_fit="cover", buttons=[])
@@ -439,7 +439,7 @@ def build() -> gr.Blocks:
             return {**view(v, 0, ui.TOOL_CLICK, None, media=True, result=True, files=True), question: ex["question"],
                     tool: ui.TOOL_CLICK, upload: None, refine_box: gr.update(visible=False), code: "# ask something first",
                     status: _status(f"Example loaded: <b>{ex['kind']}</b>. Press <b>Send</b>."
-                                    + (f" ⚠️ {ui.BUNDLED_POINTS_HINT}." if ui.beyond_model(ex, ENGINE.is_bundled) else ""))}
+                                    + (f" ⚠️ {ui.BUNDLED_POINTS_HINT}." if ui.beyond_model(ex, engine.is_bundled) else ""))}
 
         @guarded
         def on_resample(frames, start, end, fr, v, request: gr.Request):
@@ -640,7 +640,7 @@ def build() -> gr.Blocks:
                 out[question] = v.followups.pop(0)
             n = len(turn.reply.objects) if turn.reply is not None else 0
             problem = turn.error or dense_error
-            hint = ui.prompt_hint(sent, ENGINE.is_bundled)
+            hint = ui.prompt_hint(sent, engine.is_bundled)
             out[status] = (_status(f"⚠️ {html.escape(problem)}", "warn") if problem else
                            _status(f"Turn {len(v.turns)}: {n} object{'s' * (n != 1)} · {turn.reply.timings.get('total', 0):.1f} s"
                                    + (f" · ⚠️ {hint}" if hint else "")))
@@ -745,7 +745,8 @@ def api_ask(media: str, question: str, prompts_json: str = "[]", settings_json: 
             "previous_turns": [{"question": ..., "prompts": [...]}]} (earlier turns replayed first).
     Returns:
         reply text with [obj_k] tags, the overlay file (PNG for an image, MP4 for a video) and a JSON object
-        {"text", "objects": [{"tag", "color", "confidence", "frames", ...}], "media": {...}, "turn"}.
+        {"text", "objects": [{"tag", "color", "confidence", "frames", ...}], "media": {...}, "turn"}, with "notice"
+        when dense tracking was skipped or the bundled demo model was given points/boxes (it does not read them).
     """
     try:
         if not media:
@@ -783,9 +784,10 @@ def api_ask(media: str, question: str, prompts_json: str = "[]", settings_json: 
             _attach(v.session)
     v.visible = [o.tag for o in reply.objects]
     files = v.exports(0)
+    notices = [n for n in (dense_error, ui.prompt_hint([p for _, ps in turns for p in ps], ENGINE.is_bundled)) if n]
     result = {"text": reply.text, "turn": reply.turn, "reply": reply.to_dict(),
               "objects": [o.to_dict() for o in reply.objects],
-              "media": v.conversation()["media"], **({"notice": dense_error} if dense_error else {})}
+              "media": v.conversation()["media"], **({"notice": "; ".join(notices)} if notices else {})}
     overlay = files["overlay"]
     if overlay is None:  # nothing segmented: the plain media, so the output is always a file
         overlay = v.new_file("overlay", ".png")

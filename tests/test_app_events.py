@@ -64,3 +64,15 @@ def test_point_question_on_the_bundled_model_says_points_are_not_read(live):
     visitor.sketch({"type": "sketch", "pts": [[0.2, 0.5]], "drag": 0})
     visitor.ask("What is [0]?")
     assert "Turn 2" in visitor.status and "does not read points or boxes" in visitor.status
+
+
+def test_ask_api_notice_for_points_on_the_bundled_model(live):
+    """The documented /ask endpoint says the same thing to programs: a ``notice`` in its JSON."""
+    from gradio_client import handle_file
+
+    client = UIVisitor(live).client
+    grey = handle_file(str(EXAMPLES / "shapes_grey.png"))
+    _, _, plain = client.predict(grey, "Please segment the red circle.", "[]", "{}", api_name="/ask")
+    _, _, pointed = client.predict(grey, "What is [0]?", '[{"point": [60, 150]}]', "{}", api_name="/ask")
+    assert "notice" not in plain
+    assert "does not read points or boxes" in pointed["notice"]
