@@ -19,6 +19,7 @@ from transformers import Qwen2_5_VLProcessor
 from ..processing.prompts import BoxPrompt, MaskPrompt, PointPrompt, ref_inputs, refer_mask
 from ..processing.vision import build_vision_inputs, render_chat, sam2_frames
 from . import shapes
+from .pointing import PointingTargets, pointing_targets
 
 IGNORE = -100
 
@@ -32,7 +33,7 @@ class Encoded:
     ``frame_size``: ``(H, W)``; ``targets``: per ``<|seg|>`` of the text the ``(T, S, S)`` bool mask;
     ``attributes``: ``(2, L)`` auxiliary targets (see :func:`attribute_labels`, training only);
     ``codes``: ``(n_seg, 2)`` per ``<|seg|>`` the (colour, shape) its answer names (``Sample.seg_codes``,
-    training only).
+    training only); ``pointing``: where each ``<|ref|>`` points (``pointing.py``, training only).
     """
 
     inputs: dict[str, Any]
@@ -42,6 +43,7 @@ class Encoded:
     targets: list[torch.Tensor]
     attributes: torch.Tensor | None = None
     codes: torch.Tensor | None = None
+    pointing: PointingTargets | None = None
 
 
 def training_sample(seed: int, index: int, task_mix: dict[str, float], video_prob: float, max_frames: int) -> shapes.Sample:
@@ -158,12 +160,15 @@ def encode(
     llm_frames = [Image.fromarray(frame) for frame in sample.frames]
     inputs = build_vision_inputs(processor, llm_frames, text)
     inputs.update(prompt_inputs(sample, inputs["video_grid_thw"], image_size))
-    labels = attributes = None
+    labels = attributes = pointing = None
     if not prompt_only:
-        labels = assistant_labels(inputs["input_ids"], processor.tokenizer)
-        attributes = attribute_labels(sample, inputs["input_ids"], inputs["video_grid_thw"], processor.tokenizer)
+        tokenizer = processor.tokenizer
+        labels = assistant_labels(inputs["input_ids"], tokenizer)
+        attributes = attribute_labels(sample, inputs["input_ids"], inputs["video_grid_thw"], tokenizer)
+        video_id, ref_id = tokenizer.convert_tokens_to_ids(["<|video_pad|>", "<|ref|>"])
+        pointing = pointing_targets(sample, inputs["input_ids"], inputs["video_grid_thw"], video_id, ref_id)
     frames = sample.frames[:sam_frames]
     targets = [resize_masks(mask[:sam_frames], image_size) for mask in sample.seg_masks()]
     codes = torch.tensor(sample.seg_codes(), dtype=torch.long).view(-1, 2)
     return Encoded(inputs, labels, sam2_frames(frames, image_size), sample.frames.shape[1:3], targets, attributes,
-                   codes)
+                   codes, pointing)

@@ -15,6 +15,8 @@ Each step encodes one shapes conversation exactly as inference would (``data.py`
   common offset (``vision_dc``, see :func:`common_share`);
 * with ``--codes`` (a code book of ``codes.py``), the squared distance between ``seg_head``'s SAM 2 prompt
   and the code of the colour/shape words the answer names before each ``<|seg|>`` (``code``);
+* pointing terms for every ``<|ref|>`` (``pointing.py``): the cell its prompt names, read from its early
+  state (``ref_cell``), and one attention head's mass on the object there (``ref_attention``);
 
 The checkpoint is written in the released format (``save_checkpoint``) every ``--save-every`` steps and
 at the end, with ``training_args.json`` and a JSON-lines log of mean losses beside it.
@@ -22,6 +24,7 @@ at the end, with ``training_args.json`` and a JSON-lines log of mean losses besi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -42,6 +45,7 @@ from ..modeling.unipixel import UniPixelForConditionalGeneration, seg_prompt_pos
 from .codes import CodeBook, load_codebook
 from .data import IGNORE, Encoded, encode, training_sample
 from .losses import SAM2_YAML, frame_losses, mask_losses, random_clicks, track_for_training
+from .pointing import ATTENTION_WEIGHT, CELL_WEIGHT, PointingHeads, capture, pointing_losses
 from .recipe import RECIPE_FILE, STAGE_SUFFIX, stages
 from .schedule import learning_rate
 from .tokenizer import build_processor, shapes_corpus, train_tokenizer
@@ -53,6 +57,8 @@ ATTRIBUTE_WEIGHT = 0.5
 CODE_WEIGHT = 1.0
 OPTIMIZER_STATE = "optimizer.pt"
 """AdamW's state beside the checkpoint (``torch.save``; loaded with ``weights_only``), for ``--resume``."""
+POINTING_STATE = "pointing_heads.pt"
+"""The pointing heads beside the checkpoint (training only, not part of the model), kept by ``--resume``/``--init``."""
 
 TASK_MIX = {
     "referring_seg": 0.26, "reasoning_seg": 0.08, "mask_region": 0.16, "ref_caption": 0.14,
@@ -151,18 +157,24 @@ def build_model(
 def training_loss(
     model: UniPixelForConditionalGeneration, example: Encoded, loss_size: int, clicks: torch.Generator,
     masks: bool = True, book: CodeBook | None = None, code_weight: float = CODE_WEIGHT,
+    pointer: PointingHeads | None = None, pointing_weights: tuple[float, float] = (CELL_WEIGHT, ATTENTION_WEIGHT),
 ) -> dict[str, torch.Tensor]:
     """All loss terms of one conversation (weighted; the training objective is their sum).
 
     ``clicks`` draws the random click of the auxiliary SAM 2 task; ``masks=False`` leaves SAM 2 out (a phase
     that trains the LLM alone runs about four times faster); ``book`` (``codes.py``, frozen) adds
     the squared distance between ``seg_head``'s prompt tokens and the code of the words each ``<|seg|>``
-    follows.
+    follows; ``pointer`` (with ``pointing_weights``: cell, attention) adds the pointing terms of ``pointing.py``.
     """
     inputs = dict(example.inputs)
     features = model.encode_video(inputs.pop("pixel_values_videos"), inputs["video_grid_thw"])
-    out = model(**inputs, video_features=features, labels=example.labels, return_pre_norm_states=True)
+    pointing = pointer is not None and example.pointing is not None and any(pointing_weights)
+    language_model = model.model.language_model
+    with capture(language_model) if pointing else contextlib.nullcontext() as captured:
+        out = model(**inputs, video_features=features, labels=example.labels, return_pre_norm_states=True)
     terms = {"lm": out.loss, "vision_dc": DC_WEIGHT * sum(common_share(f) for f in features)}
+    if pointing:
+        terms.update(pointing_losses(language_model, pointer, captured, example.pointing, pointing_weights))
     if example.attributes is not None and (example.attributes != IGNORE).any():
         logits = out.logits[0].float()
         terms["attributes"] = ATTRIBUTE_WEIGHT * sum(
@@ -222,7 +234,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, scales: dict[str, float] |
 
 
 LOGGED = (
-    "lm", "vision_dc", "attributes", "code", "focal", "dice", "iou", "object", "click_focal", "click_dice", "click_iou", "click_object",
+    "lm", "vision_dc", "attributes", "code", "ref_cell", "ref_attention", "focal", "dice", "iou", "object", "click_focal", "click_dice", "click_iou", "click_object",
 )
 """Loss terms of the log, in a fixed order (workers average them over the whole batch)."""
 
@@ -294,12 +306,18 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
     book = load_codebook(args.codes).requires_grad_(False) if args.codes else None
     model.train()
     optimizer = make_optimizer(model, args.lr, {"sam2": args.sam2_lr_scale, "vision": args.vision_lr_scale})
+    pointer = PointingHeads(model.config.text_config.hidden_size)
+    source = out if args.resume else Path(args.init) if args.init else None
+    if source is not None and (source / POINTING_STATE).exists():
+        pointer.load_state_dict(torch.load(source / POINTING_STATE, weights_only=True))
+    optimizer.add_param_group({"params": list(pointer.parameters()), "weight_decay": 0.0, "scale": 1.0})
+    weights = (args.ref_cell_weight, args.ref_attention_weight)
     state = out / OPTIMIZER_STATE
     resumed_moments = args.resume and state.exists()
     if resumed_moments:
         optimizer.load_state_dict(torch.load(state, weights_only=True))
     if distributed:
-        for tensor in model.state_dict().values():  # every worker starts from rank 0's weights
+        for tensor in [*model.state_dict().values(), *pointer.state_dict().values()]:  # rank 0's weights for all
             dist.broadcast(tensor, 0)
     offset = sum(consumed(phase) for phase in history)  # the data stream goes on after earlier phases' samples
     batch = args.accumulate * args.workers
@@ -318,12 +336,14 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
             sample = training_sample(TRAIN_SEED, index, args.task_mix, args.video_prob, args.max_frames)
             example = encode(processor, sample, model.config.sam2_image_size, sam_frames=args.sam_frames)
             clicks = torch.Generator().manual_seed(args.seed * 1_000_003 + index)  # the same whichever worker draws it
-            terms = training_loss(model, example, args.loss_size, clicks, not args.skip_masks, book, args.code_weight)
+            terms = training_loss(model, example, args.loss_size, clicks, not args.skip_masks, book, args.code_weight,
+                                  pointer, weights)
             (sum(terms.values()) / batch).backward()
             for key, value in terms.items():
                 window[:, LOGGED.index(key)] += torch.tensor([float(value.detach()), 1.0], dtype=torch.float64)
         if distributed:
             average_gradients(model)
+            average_gradients(pointer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -341,6 +361,7 @@ def _train_worker(rank: int, args: argparse.Namespace, rendezvous: str | None) -
             if rank == 0:
                 save(model, processor, out, args, sizes, step + 1, history, donors)
                 torch.save(optimizer.state_dict(), state)
+                torch.save(pointer.state_dict(), out / POINTING_STATE)
             if out_of_time(started, args.time_limit, distributed):
                 print(f"time limit reached: stopped after the checkpoint of step {step + 1}", flush=True)
                 break
@@ -430,6 +451,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init", help="start a new phase from this checkpoint's weights: fresh optimiser and schedule, "
                                        "the data stream continuing after the samples it was trained on")
     parser.add_argument("--code-weight", type=float, default=CODE_WEIGHT, help="weight of the code term")
+    parser.add_argument("--ref-cell-weight", type=float, default=CELL_WEIGHT,
+                        help="weight of the pointing term that reads a <|ref|> prompt's cell (pointing.py; 0: off)")
+    parser.add_argument("--ref-attention-weight", type=float, default=ATTENTION_WEIGHT,
+                        help="weight of the pointing term on one head's attention to the object (pointing.py; 0: off)")
     parser.add_argument("--sam2-from", help="take SAM 2 (weights and sam2_config.yaml) from this checkpoint")
     parser.add_argument("--vision-from", help="take the vision tower from this checkpoint (`python -m unipixel.training.vision`)")
     parser.add_argument("--codes", help="a code book (codes.pt of `python -m unipixel.training.codes`): seg_head "
